@@ -1,0 +1,226 @@
+"""``hap``: the product's one command line. Each subcommand calls the same library functions as
+the Airflow tasks and KFP components."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from hap.workspace import Workspace
+
+SLICES = ("overall", "expose", "rank", "prerank", "global")
+
+
+def _ws(args: argparse.Namespace) -> Workspace:
+    return Workspace.from_env(getattr(args, "home", None))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from hap.config import HapConfig
+    from hap.simulator import CascadeSimulator
+
+    cfg = HapConfig.load(args.config)
+    t0 = time.perf_counter()
+    days = CascadeSimulator(cfg.sim).write_days(args.out, args.start, args.days, args.requests)
+    print(f"simulated {len(days)} day(s) {days[0]}..{days[-1]} into {args.out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from expectations.validate import describe, validate_day
+
+    verdict = validate_day(_ws(args).root, args.ds)
+    print(describe(verdict))
+    return 0 if verdict["success"] else 1
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from hap import flow
+
+    ws = _ws(args)
+    if args.command == "train":
+        print(flow.train(args.ds, ws))
+    elif args.command == "gate":
+        decision = flow.gate(args.ds, ws)
+        print(("PASS" if decision["passed"] else "FAIL") + " — " + decision["reason"])
+        return 0 if decision["passed"] else 1
+    elif args.command == "package":
+        print(flow.package(args.ds, ws))
+    elif args.command == "deploy":
+        print(json.dumps(flow.deploy(args.ds, args.version, ws), indent=2))
+    return 0
+
+
+def cmd_run_day(args: argparse.Namespace) -> int:
+    from hap.airflow_local import run_day
+
+    states = run_day(args.ds, _ws(args))
+    print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
+    return 0 if states["dag_run"] == "success" else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hap.flow import server_for
+    from serving.deploy import ensure_serving
+
+    ws = _ws(args)
+    server = server_for(ws)
+    if args.action == "start":
+        version = ensure_serving(ws, server)
+        print(f"TorchServe up at {server.inference_url}, serving {version or 'no model yet'}")
+    elif args.action == "stop":
+        server.stop()
+        print("TorchServe stopped")
+    else:
+        running = server.is_running()
+        print(f"running={running} default={server.default_version() if running else None}")
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from hap.flow import server_for
+    from serving.deploy import sample_request
+
+    ws = _ws(args)
+    body = sample_request(ws.data, args.ds, args.candidates, seed=args.seed)
+    if args.save:
+        Path(args.save).write_text(json.dumps(body))
+        print(f"request written to {args.save}")
+        return 0
+    resp = server_for(ws).predict(body)
+    print(json.dumps(resp.json(), indent=1))
+    return 0 if resp.status_code == 200 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate → validate → train → gate → package → deploy → a request answered."""
+    from hap.airflow_local import run_day_subprocess
+    from hap.config import HapConfig
+    from hap.flow import server_for
+    from hap.registry import Registry
+    from hap.simulator import CascadeSimulator
+    from serving.deploy import sample_request
+
+    ws = _ws(args)
+    t_start = time.perf_counter()
+    start = (dt.date.fromisoformat(args.end) - dt.timedelta(days=args.days - 1)).isoformat()
+    print(f"== HAP demo: workspace {ws.root}")
+    t0 = time.perf_counter()
+    days = CascadeSimulator(HapConfig().sim).write_days(ws.data, start, args.days, args.requests)
+    print(f"[1/5] simulated {args.days} day(s) {days[0]}..{days[-1]}, {args.requests} requests/day "
+          f"({time.perf_counter() - t0:.1f}s) -> {ws.data}")  # fmt: skip
+
+    log_file = ws.airflow / "logs" / f"dag_test_{args.end}.log"
+    print(f"[2/5] running DAG hap_daily for ds={args.end} with dag.test() (Airflow log: {log_file})")
+    t0 = time.perf_counter()
+    states = run_day_subprocess(args.end, ws, log_file)
+    print(f"      DAG run {states.pop('dag_run')} in {time.perf_counter() - t0:.1f}s: "
+          + ", ".join(f"{k}={v}" for k, v in states.items()))  # fmt: skip
+
+    verdict_path = ws.validation_dir(args.end) / "verdict.json"
+    if verdict_path.exists():
+        from expectations.validate import describe
+
+        print("[3/5] validation: " + describe(json.loads(verdict_path.read_text())))
+    run_dir = ws.run_dir(args.end)
+    if (run_dir / "evaluation.json").exists():
+        ev = json.loads((run_dir / "evaluation.json").read_text())["candidate"]
+        print("      held-out AUC by difficulty slice (positives vs that source's negatives):")
+        print("      model       " + "".join(f"{s:>9}" for s in SLICES))
+        print("      light       " + "".join(f"{ev[f'light.auc.{s}']:>9.4f}" for s in SLICES))
+        print("      expressive  " + "".join(f"{ev.get(f'expressive.auc.{s}', float('nan')):>9.4f}" for s in SLICES))
+        print(
+            f"      two-stage recall@M: {ev['system.recall_at_m']:.4f} (light alone {ev['system.light_recall_at_m']:.4f})"
+        )
+    if (run_dir / "decision.json").exists():
+        d = json.loads((run_dir / "decision.json").read_text())
+        print(f"[4/5] gate: {'PASS' if d['passed'] else 'FAIL'} — {d['reason']} (report: {run_dir / 'decision.md'})")
+    prod = Registry(ws).production()
+    if states.get("deploy") != "success" or not prod:
+        print("deploy did not run; the serving model is unchanged. See the log above.")
+        return 1
+    server = server_for(ws)
+    print(f"      deployed version {prod['version']} to TorchServe at {server.inference_url}")
+
+    body = sample_request(ws.data, args.end, args.candidates, seed=1)
+    t0 = time.perf_counter()
+    resp = server.predict(body)
+    ms = (time.perf_counter() - t0) * 1000
+    answer = resp.json()
+    print(f"[5/5] sample request ({len(body['candidates'])} candidates) -> HTTP {resp.status_code} in {ms:.0f} ms, "
+          f"version {answer.get('model_version')}, K={answer.get('k')}, top-M={answer.get('m')}:")  # fmt: skip
+    for item in answer.get("items", [])[:10]:
+        print(f"      #{item['rank']:<3} item {item['item_id']:<7} score {item['score']:+.4f}  ({item['stage']})")
+    print(f"== done in {time.perf_counter() - t_start:.0f}s. Send your own request:")
+    print(f"   hap request --ds {args.end} --save /tmp/req.json")
+    print(f"   curl -s -H \"Authorization: Bearer $(python -c \"import json;print(json.load(open('{ws.serving}/key_file.json'))['inference']['key'])\")\" "
+          f"-H 'Content-Type: application/json' --data @/tmp/req.json {server.inference_url}/predictions/hap")  # fmt: skip
+    print("   stop the server: hap serve stop")
+    return 0 if resp.status_code == 200 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hap", description=__doc__)
+    p.add_argument("--home", help="workspace root (default $HAP_HOME or ./.hap)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write simulated cascade logs in the data contract")
+    s.add_argument("--start", required=True)
+    s.add_argument("--days", type=int, default=1)
+    s.add_argument("--requests", type=int, default=3000)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", help="YAML config (sim section)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("validate", help="validate one day with Great Expectations")
+    s.add_argument("--ds", required=True)
+    s.set_defaults(func=cmd_validate)
+
+    for name in ("train", "gate", "package", "deploy"):
+        s = sub.add_parser(name, help=f"run the {name} step for one day")
+        s.add_argument("--ds", required=True)
+        if name == "deploy":
+            s.add_argument("--version", required=True)
+        s.set_defaults(func=cmd_step)
+
+    s = sub.add_parser("run-day", help="run the daily DAG for one ds with dag.test()")
+    s.add_argument("--ds", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_run_day)
+
+    s = sub.add_parser("serve", help="start/stop/status of the local TorchServe")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("request", help="send a sample request built from a day's logs")
+    s.add_argument("--ds", required=True)
+    s.add_argument("--candidates", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save", help="write the request JSON here instead of sending it")
+    s.set_defaults(func=cmd_request)
+
+    s = sub.add_parser("demo", help="the whole flow end to end on embedded defaults")
+    s.add_argument("--end", default=(dt.date.today() - dt.timedelta(days=1)).isoformat())
+    s.add_argument("--days", type=int, default=3)
+    s.add_argument("--requests", type=int, default=3000)
+    s.add_argument("--candidates", type=int, default=1000)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import os
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Typed configuration, passed whole (nanoGPT's ``GPTConfig`` style).
+
+``HapConfig`` round-trips through plain dicts so it can cross process boundaries
+(KFP component parameters, Airflow XCom, the model archive) as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Per-request sample composition of the logged candidates (ToutiaoRec-shaped)."""
+
+    rank_negatives: int = 10
+    prerank_negatives: int = 10
+    global_per_positive: int = 2
+    rank_cutoff: int = 50  # `rank` negatives: rank position > this
+    prerank_cutoff: int = 200  # `prerank` negatives: pre-rank position > this; top ones reach ranking
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The cascade simulator's world and stage noise levels."""
+
+    n_users: int = 5000
+    n_items: int = 20000
+    n_categories: int = 32
+    latent_dim: int = 16
+    retrieval_size: int = 400
+    expose_min: int = 4
+    expose_max: int = 12
+    retrieval_noise: float = 1.0
+    prerank_noise: float = 0.8
+    rank_noise: float = 0.3
+    click_threshold: float = 4.5
+    click_scale: float = 1.5
+    seq_max_len: int = 50
+    seq_min_len: int = 5
+    chunk_requests: int = 256
+    seed: int = 7
+    composition: Composition = field(default_factory=Composition)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of one model. Light: M MLP layers, no attention. Expressive: N > M layers + attention."""
+
+    emb_dim: int = 16
+    tower_dim: int = 32
+    mlp_dims: tuple[int, ...] = (64, 32)
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """GHCL: one contrastive term per negative source plus pointwise BCE.
+
+    ``mode`` = "ghcl" (per-source softmax groups), "softmax" (one group of all negatives)
+    or "bce" (pointwise only). Weights are per source; constants are not public, so configurable.
+    """
+
+    mode: str = "ghcl"
+    temperature: float = 1.0
+    bce_weight: float = 1.0
+    source_weights: dict[str, float] = field(
+        default_factory=lambda: {"expose": 1.0, "rank": 1.0, "prerank": 1.0, "global": 1.0}
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_requests: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """DAMR routing at serving time: light on all N, expressive on the light top-K, answer top-M."""
+
+    k: int = 200
+    m: int = 50
+    max_candidates: int = 10000
+    max_k: int = 2000
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Offline evaluation on held-out requests of the run's day (logged candidates, ~35/request)."""
+
+    holdout_fraction: float = 0.2
+    k: int = 12
+    m: int = 6
+
+
+@dataclass(frozen=True)
+class HapConfig:
+    window_days: int = 3
+    label: str = "click"
+    sim: SimConfig = field(default_factory=SimConfig)
+    light: ModelConfig = field(default_factory=ModelConfig)
+    expressive: ModelConfig = field(default_factory=lambda: ModelConfig(mlp_dims=(128, 64, 32), attention=True))
+    light_loss: LossConfig = field(default_factory=LossConfig)
+    expressive_loss: LossConfig = field(default_factory=lambda: LossConfig(source_weights={"expose": 1.0, "rank": 1.0}))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HapConfig:
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> HapConfig:
+        return cls.from_dict(json.loads(text)) if text else cls()
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> HapConfig:
+        """Load a YAML/JSON config file; missing keys keep their defaults."""
+        if path is None:
+            return cls()
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Recursively build a dataclass from a dict, failing loudly on unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kwargs[name] = _build(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

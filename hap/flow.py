@@ -1,0 +1,94 @@
+"""The daily flow's steps, keyed on ``ds``. The Airflow DAG, the CLI and the tests call these.
+
+validate → train (KFP pipeline) → gate → package → deploy. Each is idempotent for its day:
+outputs for a ``ds`` are replaced whole, registry versions are content-addressed per day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hap.config import HapConfig
+from hap.registry import Registry
+from hap.workspace import Workspace, window_days, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def load_config() -> HapConfig:
+    """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults."""
+    return HapConfig.load(os.environ.get("HAP_CONFIG") or None)
+
+
+def server_for(ws: Workspace):
+    from serving.server import LocalTorchServe
+
+    return LocalTorchServe(ws.serving)
+
+
+def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
+    """Validate the day, and any earlier day of the training window that has no verdict yet.
+
+    A failing ``ds`` is quarantined and ``ValidationFailed`` stops the run. A failing earlier day
+    is quarantined too; it is left out of the window (training reads only passed days).
+    """
+    from expectations.validate import ValidationFailed, describe, validate_day
+    from hap.contract import partition_dir
+
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    summary = {}
+    for day in window_days(ds, cfg.window_days)[:-1]:
+        if ws.validation_status(day) is None and partition_dir(ws.data, "candidates", day).exists():
+            summary[day] = describe(validate_day(ws.root, day))
+    verdict = validate_day(ws.root, ds)
+    if not verdict["success"]:
+        raise ValidationFailed(describe(verdict))
+    summary[ds] = describe(verdict)
+    return {"ds": ds, "status": verdict["status"], "summary": summary}
+
+
+def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> str:
+    """Run the KFP training pipeline for the day's window; returns the day's run directory."""
+    from components.pipeline import run_local
+
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    prod = Registry(ws).production()
+    prod_dir = str(Registry(ws).version_dir(prod["version"])) if prod else ""
+    out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+    evaluation_path = Path(out["run_dir"]) / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text())
+    evaluation["production_version"] = prod["version"] if prod else None
+    write_json_atomic(evaluation_path, evaluation)
+    return out["run_dir"]
+
+
+def gate(ds: str, ws: Workspace | None = None) -> dict[str, Any]:
+    from hap.gate import gate_run
+
+    ws = ws or Workspace.from_env()
+    return gate_run(ws.run_dir(ds), os.environ.get("HAP_GATE_POLICY") or None)
+
+
+def package(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> str:
+    """Register the gated run as a version and build its ``.mar`` in the model store."""
+    from serving.archive import build_archive
+
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    decision = json.loads((ws.run_dir(ds) / "decision.json").read_text())
+    if not decision["passed"]:
+        raise RuntimeError(f"ds={ds} did not pass the gate: {decision['reason']}")
+    registry = Registry(ws)
+    version = registry.register(ds, ws.run_dir(ds))
+    build_archive(registry.version_dir(version), version, cfg.routing, server_for(ws).model_store)
+    return version
+
+
+def deploy(ds: str, version: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
+    from serving.deploy import deploy as deploy_version
+
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    return deploy_version(ws, version, cfg, server_for(ws), smoke_ds=ds)

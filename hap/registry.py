@@ -1,0 +1,96 @@
+"""Model registry on a directory: immutable versions and an atomically updated production pointer.
+
+``versions/<version>/`` holds both models, the evaluation, the gate decision and a manifest
+(day, window, content hash, lineage). ``production.json`` names the serving version and the one
+before it. Versions are ``<yyyymmdd>.<n>``; re-registering the same day's identical weights
+returns the existing version, so reruns create no duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hap.workspace import Workspace, write_json_atomic
+
+MODEL_PARTS = ("light", "expressive")
+
+
+def content_hash(run_dir: Path) -> str:
+    h = hashlib.sha256()
+    for part in MODEL_PARTS:
+        for f in sorted((run_dir / part).iterdir()):
+            if f.name != "history.json":  # timings differ run to run; weights and config do not
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Registry:
+    def __init__(self, ws: Workspace) -> None:
+        self.root = ws.registry
+
+    def version_dir(self, version: str) -> Path:
+        return self.root / "versions" / version
+
+    def versions(self) -> list[dict[str, Any]]:
+        base = self.root / "versions"
+        if not base.exists():
+            return []
+        out = [json.loads((d / "manifest.json").read_text()) for d in base.iterdir() if (d / "manifest.json").exists()]
+        return sorted(out, key=lambda m: (m["ds"], int(m["version"].split(".")[1])))
+
+    def register(self, ds: str, run_dir: str | Path) -> str:
+        """Copy a gated run into a new version (or return the existing one with the same content)."""
+        run_dir = Path(run_dir)
+        digest = content_hash(run_dir)
+        same_day = [m for m in self.versions() if m["ds"] == ds]
+        for m in same_day:
+            if m["content_hash"] == digest:
+                return m["version"]
+        version = f"{ds.replace('-', '')}.{len(same_day) + 1}"
+        target = self.version_dir(version)
+        staging = target.with_name(target.name + ".staging")
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(run_dir, staging)
+        evaluation = json.loads((run_dir / "evaluation.json").read_text())
+        manifest = {
+            "version": version,
+            "ds": ds,
+            "content_hash": digest,
+            "registered_at": dt.datetime.now(dt.UTC).isoformat(),
+            "window_days": evaluation["holdout"]["days"],
+            "parent": (self.production() or {}).get("version"),
+            "metrics": evaluation["candidate"],
+        }
+        write_json_atomic(staging / "manifest.json", manifest)
+        os.replace(staging, target)
+        return version
+
+    def production(self) -> dict[str, Any] | None:
+        path = self.root / "production.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def set_production(self, version: str, reason: str) -> dict[str, Any]:
+        """Point production at ``version`` atomically, remembering the previous one for rollback."""
+        if not self.version_dir(version).exists():
+            raise KeyError(f"unknown model version {version}")
+        current = self.production()
+        if current and current["version"] == version:
+            return current
+        pointer = {
+            "version": version,
+            "previous": current["version"] if current else None,
+            "set_at": dt.datetime.now(dt.UTC).isoformat(),
+            "reason": reason,
+        }
+        write_json_atomic(self.root / "production.json", pointer)
+        with (self.root / "events.jsonl").open("a") as f:
+            f.write(json.dumps({"event": "set_production", **pointer}) + "\n")
+        return pointer

@@ -1,0 +1,76 @@
+"""Where everything lives on one machine, and the per-day validation state.
+
+Layout under the workspace root (``$HAP_HOME``, default ``./.hap``):
+``data/`` logged samples (the contract), ``validation/ds=…/`` GX results and the day's verdict,
+``runs/ds=…/`` a day's training outputs, ``registry/`` model versions and the production pointer,
+``serving/`` the local TorchServe home, ``airflow/`` the local Airflow home.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None) -> Workspace:
+        return cls(Path(root or os.environ.get("HAP_HOME", ".hap")).resolve())
+
+    @property
+    def data(self) -> Path:
+        return Path(os.environ.get("HAP_DATA", self.root / "data"))
+
+    def validation_dir(self, ds: str) -> Path:
+        return self.root / "validation" / f"ds={ds}"
+
+    def run_dir(self, ds: str) -> Path:
+        return self.root / "runs" / f"ds={ds}"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def serving(self) -> Path:
+        return self.root / "serving"
+
+    @property
+    def airflow(self) -> Path:
+        return self.root / "airflow"
+
+    # ---- validation verdicts: training reads only days whose latest verdict is "passed" ----
+
+    def record_validation(self, ds: str, verdict: dict[str, Any]) -> Path:
+        """Write the day's verdict (overwrites: re-validation after a fix un-quarantines)."""
+        path = self.validation_dir(ds) / "verdict.json"
+        write_json_atomic(path, verdict)
+        return path
+
+    def validation_status(self, ds: str) -> str | None:
+        """``"passed"``, ``"quarantined"`` or ``None`` when the day was never validated."""
+        path = self.validation_dir(ds) / "verdict.json"
+        if not path.exists():
+            return None
+        return "passed" if json.loads(path.read_text())["success"] else "quarantined"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON via a temp file and ``os.replace`` so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def window_days(ds: str, window: int) -> list[str]:
+    """The ``window`` days ending at ``ds``, oldest first."""
+    end = dt.date.fromisoformat(ds)
+    return [(end - dt.timedelta(days=i)).isoformat() for i in range(window - 1, -1, -1)]

@@ -1,0 +1,166 @@
+"""Request-level training data: the user side once per request, candidates in CSR order.
+
+A batch is a set of requests; each candidate carries the batch-local index of its request so the
+model computes the user tower once per request and broadcasts it (request-only layout).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from hap import SOURCES
+from hap.contract import aggregate_label, read_partition, source_ids
+from hap.features import FeatureSpec, encode_sequences, encode_side
+
+
+@dataclass
+class Batch:
+    user_x: torch.Tensor  # (B, Fu) int64
+    seq: torch.Tensor  # (B, L) int64, 0 = padding
+    item_x: torch.Tensor  # (C, Fi) int64
+    req: torch.Tensor  # (C,) int64, batch-local request index
+    source: torch.Tensor  # (C,) int64, index into SOURCES
+    label: torch.Tensor  # (C,) float32
+
+    @property
+    def n_requests(self) -> int:
+        return self.user_x.shape[0]
+
+
+@dataclass
+class EncodedData:
+    """Encoded samples of a set of requests; candidates sorted by request."""
+
+    request_ids: np.ndarray  # (R,) str
+    user_x: np.ndarray  # (R, Fu)
+    seq: np.ndarray  # (R, L)
+    item_x: np.ndarray  # (C, Fi)
+    req: np.ndarray  # (C,) sorted
+    source: np.ndarray  # (C,)
+    label: np.ndarray  # (C,)
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.request_ids)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """CSR offsets: candidates of request r are rows offsets[r]:offsets[r+1]."""
+        return np.searchsorted(self.req, np.arange(self.n_requests + 1))
+
+    def select_requests(self, idx: np.ndarray) -> EncodedData:
+        """Subset of requests (in the given order), candidates re-indexed."""
+        idx = np.asarray(idx, dtype=np.int64)
+        off = self.offsets
+        counts = off[idx + 1] - off[idx]
+        starts = np.repeat(off[idx] - (np.cumsum(counts) - counts), counts)
+        rows = starts + np.arange(counts.sum())  # candidate rows of the selected requests, in order
+        return EncodedData(
+            self.request_ids[idx],
+            self.user_x[idx],
+            self.seq[idx],
+            self.item_x[rows],
+            np.repeat(np.arange(len(idx)), counts),
+            self.source[rows],
+            self.label[rows],
+        )
+
+    def filter_sources(self, sources: Sequence[str]) -> EncodedData:
+        """Keep only candidates of the given sources (the expressive model's hard samples)."""
+        keep = np.isin(self.source, [SOURCES.index(s) for s in sources])
+        return EncodedData(
+            self.request_ids,
+            self.user_x,
+            self.seq,
+            self.item_x[keep],
+            self.req[keep],
+            self.source[keep],
+            self.label[keep],
+        )
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        sub = self.select_requests(idx)
+        return Batch(
+            torch.from_numpy(sub.user_x),
+            torch.from_numpy(sub.seq),
+            torch.from_numpy(sub.item_x),
+            torch.from_numpy(sub.req),
+            torch.from_numpy(sub.source),
+            torch.from_numpy(sub.label),
+        )
+
+    def batches(self, batch_requests: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+        order = rng.permutation(self.n_requests) if rng is not None else np.arange(self.n_requests)
+        for start in range(0, self.n_requests, batch_requests):
+            yield self.batch(order[start : start + batch_requests])
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> EncodedData:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(**{f.name: z[f.name] for f in fields(cls)})
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedData]) -> EncodedData:
+        shift = np.cumsum([0] + [p.n_requests for p in parts[:-1]])
+        return cls(
+            np.concatenate([p.request_ids for p in parts]),
+            np.concatenate([p.user_x for p in parts]),
+            np.concatenate([p.seq for p in parts]),
+            np.concatenate([p.item_x for p in parts]),
+            np.concatenate([p.req + s for p, s in zip(parts, shift, strict=True)]),
+            np.concatenate([p.source for p in parts]),
+            np.concatenate([p.label for p in parts]),
+        )
+
+
+def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, label: str) -> EncodedData:
+    """Encode one day's contract tables. Orphan candidates (unknown request_id) are dropped."""
+    req_index = pc.index_in(candidates["request_id"], value_set=requests["request_id"]).to_numpy(zero_copy_only=False)
+    req_index = np.nan_to_num(req_index.astype(np.float64), nan=-1).astype(np.int64)
+    keep = req_index >= 0
+    order = np.argsort(req_index[keep], kind="stable")
+    cand = candidates.filter(pa.array(keep)).take(pa.array(order))
+    seq_feat = spec.sequence
+    return EncodedData(
+        request_ids=np.asarray(requests["request_id"].to_pylist(), dtype=str),
+        user_x=encode_side(_columns(requests, spec, "user"), spec, "user"),
+        seq=encode_sequences(requests[seq_feat.name].to_pylist(), spec),
+        item_x=encode_side(_columns(cand, spec, "item"), spec, "item"),
+        req=req_index[keep][order],
+        source=source_ids(cand["source"].to_numpy(zero_copy_only=False)),
+        label=aggregate_label(cand, label),
+    )
+
+
+def _columns(table: pa.Table, spec: FeatureSpec, side: str) -> dict[str, np.ndarray]:
+    cols = {}
+    for f in spec.side(side):  # type: ignore[arg-type]
+        col = table[f.name]
+        if f.vocab:
+            cols[f.name] = np.asarray(col.to_pylist(), dtype=object)
+        elif f.kind == "bucket":
+            cols[f.name] = col.cast(pa.float64()).fill_null(float("nan")).to_numpy()
+        else:
+            cols[f.name] = col.fill_null(-1).to_numpy()
+    return cols
+
+
+def load_day(root: str | Path, ds: str, spec: FeatureSpec, label: str) -> EncodedData:
+    return encode_tables(read_partition(root, "requests", ds), read_partition(root, "candidates", ds), spec, label)
+
+
+def holdout_mask(request_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic request-level split by a hash of the request id (stable across reruns)."""
+    cut = int(fraction * 10_000)
+    return np.fromiter((zlib.crc32(r.encode()) % 10_000 < cut for r in request_ids), bool, len(request_ids))

@@ -1,0 +1,163 @@
+"""The light and expressive pre-ranking models, composed of small named parts.
+
+No training code here: serving imports this module alone and loads weights with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hap.config import ModelConfig
+from hap.features import Feature, FeatureSpec
+
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "model.json"
+
+
+class Embeddings(nn.Module):
+    """One table per feature; the behaviour sequence reuses its shared table (item ids)."""
+
+    def __init__(self, spec: FeatureSpec, dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.tables = nn.ModuleDict(
+            {f.name: nn.Embedding(f.table_size, dim) for f in spec.features if f.kind != "sequence"}
+        )
+
+    def side(self, x: torch.Tensor, feats: tuple[Feature, ...]) -> torch.Tensor:
+        """(N, F) indices → (N, F * D) concatenated embeddings."""
+        return torch.cat([self.tables[f.name](x[:, j]) for j, f in enumerate(feats)], dim=-1)
+
+    def sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, L) → (B, L, D); padding rows (index 0) are zeroed by the caller's mask."""
+        return self.tables[self.spec.sequence.shares](seq)
+
+
+def mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class UserTower(nn.Module):
+    """User/context features + mean-pooled behaviour sequence → user vector."""
+
+    def __init__(self, n_feats: int, emb_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = mlp([(n_feats + 1) * emb_dim, 2 * out_dim, out_dim])
+
+    def forward(self, user_emb: torch.Tensor, seq_emb: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
+        # user_emb (B, Fu*D), seq_emb (B, L, D), seq_mask (B, L)
+        m = seq_mask.unsqueeze(-1).float()
+        pooled = (seq_emb * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        return self.net(torch.cat([user_emb, pooled], dim=-1))  # (B, T)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, n_feats: int, emb_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = mlp([n_feats * emb_dim, 2 * out_dim, out_dim])
+
+    def forward(self, item_emb: torch.Tensor) -> torch.Tensor:
+        return self.net(item_emb)  # (C, T)
+
+
+class TargetAttention(nn.Module):
+    """Each candidate attends over its request's behaviour sequence (DIN-style target attention)."""
+
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(emb_dim, emb_dim)
+        self.scale = emb_dim**-0.5
+
+    def forward(
+        self, target: torch.Tensor, seq_emb: torch.Tensor, seq_mask: torch.Tensor, req: torch.Tensor
+    ) -> torch.Tensor:
+        # target (C, D); seq_emb (B, L, D); seq_mask (B, L); req (C,)
+        keys = seq_emb[req]  # (C, L, D)
+        logits = torch.einsum("cd,cld->cl", self.query(target), keys) * self.scale  # (C, L)
+        mask = seq_mask[req]  # (C, L)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty sequence → zeros
+        return torch.einsum("cl,cld->cd", weights, keys)  # (C, D)
+
+
+class Interaction(nn.Module):
+    """Element-wise product and concatenation of the user and item vectors."""
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        return torch.cat([user, item, user * item], dim=-1)  # (C, 3T)
+
+
+class UserState:
+    """The user side of a request batch, computed once and reused for all its candidates."""
+
+    def __init__(self, vec: torch.Tensor, seq_emb: torch.Tensor, seq_mask: torch.Tensor) -> None:
+        self.vec, self.seq_emb, self.seq_mask = vec, seq_emb, seq_mask
+
+
+class PreRanker(nn.Module):
+    """Light model (attention off, M layers) or expressive model (attention on, N > M layers)."""
+
+    def __init__(self, cfg: ModelConfig, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.user_feats, self.item_feats = spec.side("user"), spec.side("item")
+        d, t = cfg.emb_dim, cfg.tower_dim
+        self.embeddings = Embeddings(spec, d)
+        self.user_tower = UserTower(len(self.user_feats), d, t)
+        self.item_tower = ItemTower(len(self.item_feats), d, t)
+        self.interaction = Interaction()
+        self.attention = TargetAttention(d) if cfg.attention else None
+        in_dim = 3 * t + (d if cfg.attention else 0)
+        self.mlp = mlp([in_dim, *cfg.mlp_dims])
+        self.head = nn.Linear(cfg.mlp_dims[-1], 1)
+
+    def user_side(self, user_x: torch.Tensor, seq: torch.Tensor) -> UserState:
+        seq_emb = self.embeddings.sequence(seq)  # (B, L, D)
+        seq_mask = seq > 0  # (B, L)
+        user_emb = self.embeddings.side(user_x, self.user_feats)  # (B, Fu*D)
+        return UserState(self.user_tower(user_emb, seq_emb, seq_mask), seq_emb, seq_mask)
+
+    def score(self, user: UserState, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
+        """Logits of candidates ``item_x`` (C, Fi) for their requests ``req`` (C,) → (C,)."""
+        item_emb = self.embeddings.side(item_x, self.item_feats)  # (C, Fi*D)
+        z = self.interaction(user.vec[req], self.item_tower(item_emb))  # (C, 3T)
+        if self.attention is not None:
+            target = self.embeddings.tables["item_id"](item_x[:, self._item_id_col])  # (C, D)
+            z = torch.cat([z, self.attention(target, user.seq_emb, user.seq_mask, req)], dim=-1)
+        return self.head(self.mlp(z)).squeeze(-1)  # (C,)
+
+    @property
+    def _item_id_col(self) -> int:
+        return [f.name for f in self.item_feats].index("item_id")
+
+    def forward(self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
+        return self.score(self.user_side(user_x, seq), item_x, req)
+
+
+def save_model(model: PreRanker, directory: str | Path) -> None:
+    """Weights as a plain state dict plus a JSON of config and feature spec."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    meta = {"config": asdict(model.cfg), "spec": model.spec.to_dict()}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def load_model(directory: str | Path) -> PreRanker:
+    """Rebuild from JSON and load weights with ``weights_only=True`` (no pickled code runs)."""
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    cfg = meta["config"]
+    cfg["mlp_dims"] = tuple(cfg["mlp_dims"])
+    model = PreRanker(ModelConfig(**cfg), FeatureSpec.from_dict(meta["spec"]))
+    model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
+    return model.eval()

@@ -1,0 +1,71 @@
+"""Test session setup: Airflow, HAP and TorchServe each get homes and ports of their own.
+
+Airflow reads ``AIRFLOW_HOME`` when first imported, so it is set here, before any test imports it.
+"""
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION = Path(tempfile.mkdtemp(prefix="hap-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_SESSION / "airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["HAP_RETRY_DELAY_S"] = "1"  # a failing task must not wait out a 5-minute retry delay
+
+
+def _free_port_block(n: int = 3) -> int:
+    """A base port with ``n`` consecutive free ports on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                t = socket.socket()
+                t.bind(("127.0.0.1", p))
+                socks.append(t)
+            for t in socks:
+                t.close()
+            return base
+        except OSError:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free port block")
+
+
+os.environ["HAP_SERVE_PORT"] = str(_free_port_block())
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION
+
+
+@pytest.fixture(scope="session")
+def small_sim():
+    """A small world: quick to build, same cascade."""
+    from hap.config import SimConfig
+    from hap.simulator import CascadeSimulator
+
+    return CascadeSimulator(SimConfig(n_users=1500, n_items=6000))
+
+
+@pytest.fixture(scope="session")
+def small_day(small_sim):
+    return small_sim.simulate_day("2026-11-20", 600)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    from hap.workspace import Workspace
+
+    monkeypatch.setenv("HAP_HOME", str(tmp_path / "ws"))
+    return Workspace.from_env()

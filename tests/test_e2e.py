@@ -1,0 +1,109 @@
+"""The whole flow through the real parts: Airflow ``dag.test()``, the KFP local runner, Great
+Expectations and a real ``torchserve`` on 127.0.0.1 with token auth."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hap.airflow_local import run_day
+from hap.config import SimConfig
+from hap.contract import partition_dir, read_partition, write_partition
+from hap.registry import Registry
+from hap.simulator import CascadeSimulator
+from hap.workspace import Workspace
+from serving.archive import MODEL_NAME
+from serving.deploy import sample_request
+from serving.server import LocalTorchServe
+
+pytestmark = pytest.mark.slow
+
+FIRST, GATE_FAIL, CORRUPT = "2026-11-22", "2026-11-23", "2026-11-24"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("e2e"))
+    CascadeSimulator(SimConfig(n_users=2000, n_items=8000)).write_days(ws.data, "2026-11-20", 5, 1000)
+    old = os.environ.get("HAP_HOME")
+    yield ws
+    LocalTorchServe(ws.serving).stop()
+    if old is None:
+        os.environ.pop("HAP_HOME", None)
+    else:
+        os.environ["HAP_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def server(ws):
+    return LocalTorchServe(ws.serving)
+
+
+def test_daily_run_validates_trains_gates_and_serves(ws, server):
+    states = run_day(FIRST, ws)
+    assert states == {
+        "validate": "success", "train": "success", "gate": "success", "package": "success",
+        "deploy": "success", "dag_run": "success",
+    }  # fmt: skip
+    version = Registry(ws).production()["version"]
+    assert version == "20261122.1"
+    evaluation = json.loads((ws.run_dir(FIRST) / "evaluation.json").read_text())
+    assert evaluation["holdout"]["days"] == ["2026-11-20", "2026-11-21", FIRST]  # whole window validated
+    for s in ("overall", "expose", "rank", "prerank", "global"):
+        assert 0.5 < evaluation["candidate"][f"light.auc.{s}"] <= 1.0
+    assert json.loads((ws.run_dir(FIRST) / "decision.json").read_text())["passed"]
+
+    body = sample_request(ws.data, FIRST, 500, seed=5)
+    resp = server.predict(body)
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["model_version"] == version and answer["n_candidates"] == 500
+    assert [it["rank"] for it in answer["items"]] == list(range(1, 51))
+    assert {it["stage"] for it in answer["items"]} == {"expressive"}  # M=50 <= K=200
+    assert server.default_version() == version
+
+
+def test_token_auth_is_on(ws, server):
+    import requests
+
+    r = requests.post(f"{server.inference_url}/predictions/{MODEL_NAME}", json={}, timeout=10)
+    assert r.status_code in (400, 401)
+    assert requests.get(f"{server.management_url}/models", timeout=10).status_code in (400, 401)
+
+
+def test_rerunning_a_day_creates_no_duplicates(ws, server):
+    assert run_day(FIRST, ws)["dag_run"] == "success"
+    assert [m["version"] for m in Registry(ws).versions()] == ["20261122.1"]
+    assert sorted(p.name for p in (ws.root / "runs").iterdir()) == [f"ds={FIRST}"]
+    assert [p.name for p in server.model_store.glob("*.mar")] == ["hap-20261122.1.mar"]
+    assert [v["modelVersion"] for v in server.versions()] == ["20261122.1"]
+
+
+def test_gate_failure_skips_package_and_deploy(ws, server, tmp_path, monkeypatch):
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("metrics:\n  light.auc.overall: {floor: 0.999, max_drop: 0.0, min_examples: 1}\n")
+    monkeypatch.setenv("HAP_GATE_POLICY", str(strict))
+    states = run_day(GATE_FAIL, ws)
+    assert states["gate"] == "success" and states["package"] == "skipped" and states["deploy"] == "skipped"
+    decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
+    assert not decision["passed"] and "light.auc.overall" in decision["reason"]
+    assert Registry(ws).production()["version"] == "20261122.1"
+    assert server.default_version() == "20261122.1"
+
+
+def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server):
+    cand = read_partition(ws.data, "candidates", CORRUPT)
+    click = cand["click"].to_numpy().copy()
+    click[np.asarray(cand["source"]) == "global"] = 1
+    write_partition(ws.data, "candidates", CORRUPT, cand.set_column(cand.schema.get_field_index("click"), "click",
+                                                                   pa.array(click, pa.int8())))  # fmt: skip
+    states = run_day(CORRUPT, ws)
+    assert states["validate"] == "failed" and states["dag_run"] == "failed"
+    assert all(states[t] == "upstream_failed" for t in ("train", "gate", "package", "deploy"))
+    assert ws.validation_status(CORRUPT) == "quarantined"
+    assert (partition_dir(ws.data, "candidates", CORRUPT) / "part-0.parquet").exists()
+    assert not ws.run_dir(CORRUPT).exists()
+    assert Registry(ws).production()["version"] == "20261122.1"
+    assert server.predict(sample_request(ws.data, FIRST, 50)).json()["model_version"] == "20261122.1"

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from hap.registry import Registry
+
+
+def _run(tmp_path, name, weights: bytes):
+    run = tmp_path / name
+    for part in ("light", "expressive"):
+        (run / part).mkdir(parents=True)
+        (run / part / "weights.pt").write_bytes(weights)
+        (run / part / "history.json").write_text(json.dumps({"seconds": len(name)}))
+    (run / "evaluation.json").write_text(json.dumps({"holdout": {"days": ["2026-11-22"]}, "candidate": {}}))
+    return run
+
+
+def test_same_content_same_version_new_content_new_version(workspace, tmp_path):
+    reg = Registry(workspace)
+    v1 = reg.register("2026-11-22", _run(tmp_path, "a", b"w1"))
+    assert reg.register("2026-11-22", _run(tmp_path, "b", b"w1")) == v1  # only timings differ
+    v2 = reg.register("2026-11-22", _run(tmp_path, "c", b"w2"))
+    assert (v1, v2) == ("20261122.1", "20261122.2")
+    assert [m["version"] for m in reg.versions()] == [v1, v2]
+
+
+def test_production_pointer_remembers_previous(workspace, tmp_path):
+    reg = Registry(workspace)
+    v1 = reg.register("2026-11-21", _run(tmp_path, "a", b"w1"))
+    v2 = reg.register("2026-11-22", _run(tmp_path, "b", b"w2"))
+    reg.set_production(v1, "first")
+    pointer = reg.set_production(v2, "second")
+    assert pointer["previous"] == v1 and reg.production()["version"] == v2
+    with pytest.raises(KeyError):
+        reg.set_production("19990101.1", "nope")
