@@ -132,7 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("      held-out AUC by difficulty slice (positives vs that source's negatives):")
         print("      model       " + "".join(f"{s:>9}" for s in SLICES))
         print("      light       " + "".join(f"{ev[f'light.auc.{s}']:>9.4f}" for s in SLICES))
-        print("      expressive  " + "".join(f"{ev.get(f'expressive.auc.{s}', float('nan')):>9.4f}" for s in SLICES))
+        expr = [ev.get(f"expressive.auc.{s}") for s in SLICES]  # hard sources only: others are "—"
+        print("      expressive  " + "".join(f"{v:>9.4f}" if v is not None else f"{'—':>9}" for v in expr))
         print(
             f"      two-stage recall@M: {ev['system.recall_at_m']:.4f} (light alone {ev['system.light_recall_at_m']:.4f})"
         )

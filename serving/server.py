@@ -31,11 +31,14 @@ class Ports:
     inference: int = 8080
     management: int = 8081
     metrics: int = 8082
+    grpc_inference: int = 8083
+    grpc_management: int = 8084
 
     @classmethod
     def from_env(cls) -> Ports:
+        """Five consecutive ports from ``$HAP_SERVE_PORT`` (default 8080), all on 127.0.0.1."""
         base = int(os.environ.get("HAP_SERVE_PORT", "8080"))
-        return cls(base, base + 1, base + 2)
+        return cls(base, base + 1, base + 2, base + 3, base + 4)
 
 
 class LocalTorchServe:
@@ -79,6 +82,10 @@ class LocalTorchServe:
             "inference_address": self.inference_url,
             "management_address": self.management_url,
             "metrics_address": self.metrics_url,
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(self.ports.grpc_inference),
+            "grpc_management_port": str(self.ports.grpc_management),
             "model_store": str(self.model_store),
             "metrics_mode": "prometheus",
             "default_workers_per_model": "1",

@@ -41,7 +41,7 @@ def _free_port_block(n: int = 3) -> int:
     raise RuntimeError("no free port block")
 
 
-os.environ["HAP_SERVE_PORT"] = str(_free_port_block())
+os.environ["HAP_SERVE_PORT"] = str(_free_port_block(5))
 
 
 @pytest.fixture(scope="session")
