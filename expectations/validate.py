@@ -82,11 +82,32 @@ def _validation_definitions(context) -> dict[str, Any]:
             batch_def = asset.get_batch_definition(table)
         except (KeyError, ValueError):
             batch_def = asset.add_batch_definition_whole_dataframe(table)
-        suite = context.suites.add_or_update(gx.ExpectationSuite(name=table, expectations=expectations))
+        suite = _get_or_update_suite(context, table, expectations)
         out[table] = context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=table, data=batch_def, suite=suite)
         )
     return out
+
+
+def _expectation_key(e) -> str:
+    import json
+
+    cfg = e.configuration.to_json_dict()
+    cfg.pop("id", None)
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def _get_or_update_suite(context, name: str, expectations: list):
+    """Keep the stored suite (and its expectation ids) unless the expectations changed."""
+    import great_expectations as gx
+
+    try:
+        stored = context.suites.get(name)
+        if sorted(map(_expectation_key, stored.expectations)) == sorted(map(_expectation_key, expectations)):
+            return stored
+    except Exception:  # absent or unreadable: (re)write it below
+        pass
+    return context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
 
 
 def _summarize(result) -> dict[str, Any]:

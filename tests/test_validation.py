@@ -81,3 +81,12 @@ def test_revalidation_after_a_fix_unquarantines(day, small_day):
     write_partition(day.data, "candidates", DS, small_day.candidates)
     assert validate_day(day.root, DS)["success"]
     assert day.validation_status(DS) == "passed"
+
+
+def test_validation_leaves_the_committed_suites_unchanged(day):
+    from expectations.validate import CONTEXT_ROOT
+
+    suites = sorted((CONTEXT_ROOT / "gx" / "expectations").glob("*.json"))
+    before = [p.read_bytes() for p in suites]
+    validate_day(day.root, DS)
+    assert [p.read_bytes() for p in suites] == before
