@@ -81,6 +81,7 @@ class TrainConfig:
     lr: float = 3e-3
     seed: int = 0
     threads: int = 2
+    monitor_every: int = 25  # gradient-conflict monitor period in steps; 0 turns it off
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class EvalConfig:
     holdout_fraction: float = 0.2
     k: int = 12
     m: int = 6
+    flops_candidates: int = 1000  # N for FLOPs/request (serving scale; K from the routing config)
 
 
 @dataclass(frozen=True)

@@ -45,27 +45,72 @@ def predict(model: PreRanker, data: EncodedData, batch_requests: int = 512) -> n
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def two_stage_recall(light: np.ndarray, expressive: np.ndarray, data: EncodedData, k: int, m: int) -> dict[str, float]:
-    """Recall of positives in the final top-M: light scores all, expressive re-orders the light top-K.
-
-    Also reports the light model alone (K = 0) for comparison. Requests without positives are skipped.
-    """
+def gauc(scores: np.ndarray, data: EncodedData) -> float:
+    """Per-request AUC averaged with weights = candidates per request (requests with both classes)."""
     off = data.offsets
-    two_stage, light_only = [], []
+    total, weight = 0.0, 0
     for r in range(data.n_requests):
         lo, hi = off[r], off[r + 1]
         y = data.label[lo:hi]
-        if y.sum() == 0:
+        if 0 < y.sum() < len(y):
+            total += auc(scores[lo:hi], y) * (hi - lo)
+            weight += hi - lo
+    return total / weight if weight else float("nan")
+
+
+def _ndcg(ranked_labels: np.ndarray, n_pos: int, m: int) -> float:
+    """Binary-relevance NDCG@M of one ranked list."""
+    top = ranked_labels[:m]
+    discounts = 1.0 / np.log2(np.arange(2, m + 2))
+    return float((top * discounts[: len(top)]).sum() / discounts[: min(n_pos, m)].sum())
+
+
+def two_stage_recall(light: np.ndarray, expressive: np.ndarray, data: EncodedData, k: int, m: int) -> dict[str, float]:
+    """Recall and NDCG of positives in the final top-M: light scores all, expressive re-orders the
+    light top-K. Also reports the light model alone (K = 0). Requests without positives are skipped."""
+    off = data.offsets
+    rec, ndcg, light_rec, light_ndcg = [], [], [], []
+    for r in range(data.n_requests):
+        lo, hi = off[r], off[r + 1]
+        y = data.label[lo:hi]
+        n_pos = int(y.sum())
+        if n_pos == 0:
             continue
-        top_k = np.argsort(-light[lo:hi], kind="stable")[:k]
-        final = top_k[np.argsort(-expressive[lo:hi][top_k], kind="stable")][:m]
-        two_stage.append(y[final].sum() / y.sum())
-        light_only.append(y[np.argsort(-light[lo:hi], kind="stable")[:m]].sum() / y.sum())
+        light_order = np.argsort(-light[lo:hi], kind="stable")
+        top_k = light_order[:k]
+        final = np.concatenate([top_k[np.argsort(-expressive[lo:hi][top_k], kind="stable")], light_order[k:]])
+        rec.append(y[final[:m]].sum() / n_pos)
+        ndcg.append(_ndcg(y[final], n_pos, m))
+        light_rec.append(y[light_order[:m]].sum() / n_pos)
+        light_ndcg.append(_ndcg(y[light_order], n_pos, m))
+
+    def mean(v: list) -> float:
+        return float(np.mean(v)) if v else float("nan")
+
     return {
-        "recall_at_m": float(np.mean(two_stage)) if two_stage else float("nan"),
-        "light_recall_at_m": float(np.mean(light_only)) if light_only else float("nan"),
-        "n.requests": len(two_stage),
+        "recall_at_m": mean(rec),
+        "ndcg_at_m": mean(ndcg),
+        "light_recall_at_m": mean(light_rec),
+        "light_ndcg_at_m": mean(light_ndcg),
+        "n.requests": len(rec),
     }
+
+
+def flops_per_request(light: PreRanker, expressive: PreRanker | None, n: int, k: int) -> dict[str, float]:
+    """FLOPs of one request counted by torch: light on N candidates (user side once) + expressive on K."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(model: PreRanker, n_items: int) -> int:
+        user_x = torch.ones((1, len(model.user_feats)), dtype=torch.long)
+        seq = torch.arange(1, model.spec.sequence.max_len + 1).unsqueeze(0)  # a full-length history
+        item_x = torch.ones((n_items, len(model.item_feats)), dtype=torch.long)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(user_x, seq, item_x, torch.zeros(n_items, dtype=torch.long))
+        return counter.get_total_flops()
+
+    light_f = count(light, n)
+    expr_f = count(expressive, k) if expressive is not None and k > 0 else 0
+    return {"light": float(light_f), "expressive": float(expr_f), "total": float(light_f + expr_f)}
 
 
 def evaluate_pair(light: PreRanker, expressive: PreRanker, data: EncodedData, k: int, m: int) -> dict[str, float]:
@@ -73,6 +118,7 @@ def evaluate_pair(light: PreRanker, expressive: PreRanker, data: EncodedData, k:
     s_light, s_expr = predict(light, data), predict(expressive, data)
     metrics: dict[str, float] = {}
     metrics.update({f"light.{k_}": v for k_, v in slice_aucs(s_light, data).items()})
+    metrics["light.gauc"] = gauc(s_light, data)
     hard = ("expose", "rank")
     metrics.update({f"expressive.{k_}": v for k_, v in slice_aucs(s_expr, data, hard).items()})
     metrics.update({f"system.{k_}": v for k_, v in two_stage_recall(s_light, s_expr, data, k, m).items()})

@@ -83,17 +83,21 @@ def evaluate(
     prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str
 ) -> dict:
     """Score candidate and production models on the same held-out requests of the run's day."""
-    from models.metrics import evaluate_pair
+    from models.metrics import evaluate_pair, flops_per_request
     from models.nets import load_model
 
     holdout = EncodedData.load(Path(prepared_dir) / HOLDOUT_FILE)
     k, m = cfg.eval.k, cfg.eval.m
+    light, expressive = load_model(light_dir), load_model(expressive_dir)
     result = {
         "holdout": json.loads((Path(prepared_dir) / MANIFEST_FILE).read_text()),
         "eval": {"k": k, "m": m},
-        "candidate": evaluate_pair(load_model(light_dir), load_model(expressive_dir), holdout, k, m),
+        "candidate": evaluate_pair(light, expressive, holdout, k, m),
         "production": None,
     }
+    flops = flops_per_request(light, expressive, cfg.eval.flops_candidates, cfg.routing.k)
+    result["candidate"]["system.flops_per_request"] = flops["total"]
+    result["flops"] = {"n": cfg.eval.flops_candidates, "k": cfg.routing.k, **flops}
     if production_dir:
         prod = Path(production_dir)
         result["production"] = evaluate_pair(load_model(prod / "light"), load_model(prod / "expressive"), holdout, k, m)

@@ -29,3 +29,28 @@ def test_two_stage_recall_reorders_the_light_top_k():
     out = two_stage_recall(light, expressive, data, k=3, m=1)
     assert out["recall_at_m"] == 1.0 and out["light_recall_at_m"] == 0.0
     assert two_stage_recall(light, expressive, data, k=2, m=1)["recall_at_m"] == 0.0
+
+
+def test_ndcg_and_gauc():
+    from models.metrics import gauc
+
+    data = _data([0, 1, 0, 0])
+    perfect = two_stage_recall(np.array([0.0, 9, 1, 2]), np.zeros(4), data, k=0, m=2)
+    assert perfect["light_ndcg_at_m"] == 1.0
+    second = two_stage_recall(np.array([3.0, 2, 1, 0]), np.zeros(4), data, k=0, m=2)
+    assert math.isclose(second["light_ndcg_at_m"], 1 / math.log2(3))
+    assert gauc(np.array([0.0, 9, 1, 2]), data) == 1.0
+
+
+def test_flops_follow_routing():
+    from hap.config import HapConfig
+    from hap.features import DEFAULT_SPEC
+    from models.metrics import flops_per_request
+    from models.nets import PreRanker
+
+    cfg = HapConfig()
+    light, expr = PreRanker(cfg.light, DEFAULT_SPEC), PreRanker(cfg.expressive, DEFAULT_SPEC)
+    small, big = flops_per_request(light, expr, 1000, 100), flops_per_request(light, expr, 1000, 200)
+    assert small["light"] == big["light"] > 0
+    assert big["expressive"] > small["expressive"] > 0
+    assert flops_per_request(light, None, 1000, 0)["total"] == small["light"]

@@ -80,3 +80,15 @@ def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert np.array_equal(predict(model, data), predict(loaded, data))
+
+
+def test_gradient_conflict_monitor_reports_every_present_source(data):
+    cfg = HapConfig(train=TrainConfig(epochs=1, batch_requests=64, monitor_every=2))
+    _, history = train_model(data, cfg.light, cfg.light_loss, cfg.train, DEFAULT_SPEC)
+    mon = history["grad_monitor"]
+    assert len(mon) >= 2 and mon[0]["step"] == 0
+    assert set(mon[0]["norm"]) == set(SOURCES)
+    assert len(mon[0]["cosine"]) == 6
+    assert all(-1.0 <= c <= 1.0 for c in mon[-1]["cosine"].values())
+    epoch = history["epochs"][0]
+    assert epoch["data_seconds"] + epoch["compute_seconds"] <= epoch["seconds"] + 1e-6
