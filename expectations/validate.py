@@ -24,39 +24,6 @@ class ValidationFailed(RuntimeError):
     """Raised by callers that must stop the run; the message names each failed expectation."""
 
 
-def _suites() -> dict[str, list]:
-    """Expectations per table, built from the data contract and the feature spec."""
-    import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
-
-    from hap import SOURCES
-    from hap.contract import candidates_schema, requests_schema
-
-    return {
-        "requests": [
-            gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectTableColumnsToMatchSet(column_set=requests_schema().names, exact_match=True),
-            gxe.ExpectColumnValuesToNotBeNull(column="request_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="request_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="ts"),
-        ],
-        "candidates": [
-            gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectTableColumnsToMatchSet(column_set=candidates_schema().names, exact_match=True),
-            gxe.ExpectColumnValuesToNotBeNull(column="request_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
-            gxe.ExpectColumnValuesToBeOfType(column="item_id", type_="int64"),
-            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
-            *[gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in ("click", "like", "comment")],
-            *[
-                gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0], row_condition=Column("source") != "expose")
-                for c in ("click", "like", "comment", "dwell_ms")
-            ],
-        ],
-    }
-
-
 def _context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -73,7 +40,10 @@ def _validation_definitions(context) -> dict[str, Any]:
     except (KeyError, ValueError):
         source = context.data_sources.add_pandas(DATASOURCE)
     out = {}
-    for table, expectations in _suites().items():
+    from expectations.suites import build_suites
+    from hap.flow import load_config
+
+    for table, expectations in build_suites(load_config().sim.composition).items():
         try:
             asset = source.get_asset(table)
         except LookupError:
@@ -117,46 +87,124 @@ def _summarize(result) -> dict[str, Any]:
             continue
         cfg = r.expectation_config
         res = r.result or {}
+        examples = res.get("partial_unexpected_index_list") or res.get("partial_unexpected_list") or []
+        kwargs = cfg.kwargs
         failed.append(
             {
                 "expectation": cfg.type,
-                "column": cfg.kwargs.get("column"),
+                "column": kwargs.get("column") or kwargs.get("column_A") or kwargs.get("column_list"),
+                "condition": str(kwargs["row_condition"]) if kwargs.get("row_condition") else None,
                 "observed": res.get("observed_value", res.get("unexpected_count")),
                 "unexpected_count": res.get("unexpected_count"),
-                "examples": [str(v) for v in (res.get("partial_unexpected_list") or [])[:5]],
+                "examples": [str(v) for v in examples[:5]],
                 "error": (r.exception_info or {}).get("exception_message") if not r.result else None,
             }
         )
     return {"success": bool(result.success), "evaluated": len(result.results), "failed": failed}
 
 
+def _history(ws: Workspace, ds: str, days: int) -> list[dict[str, float]]:
+    """Stats of the trailing days that passed validation (the day-over-day baseline)."""
+    import json
+
+    from hap.workspace import window_days
+
+    out = []
+    for day in window_days(ds, days + 1)[:-1]:
+        path = ws.validation_dir(day) / "verdict.json"
+        if ws.validation_status(day) == "passed":
+            stats = json.loads(path.read_text()).get("stats")
+            if stats:
+                out.append(stats)
+    return out
+
+
 def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
     """Validate ``ds``'s partitions, record the verdict (passed / quarantined) and return it."""
+    from expectations import derived
     from hap.contract import TABLES, partition_dir, read_partition
+    from hap.flow import load_config
 
     ws = Workspace.from_env(workspace_root)
+    comp = load_config().sim.composition
+    dod = derived.DayOverDay()
     verdict: dict[str, Any] = {"ds": ds, "tables": {}}
-    frames = {}
+    tables = {}
     for table in TABLES:
         try:
-            frames[table] = read_partition(ws.data, table, ds).to_pandas()
+            tables[table] = read_partition(ws.data, table, ds)
         except Exception as exc:  # unreadable or missing partition: a clear verdict, not a traceback
             verdict["tables"][table] = {
                 "success": False,
                 "evaluated": 0,
                 "failed": [{"expectation": "readable_partition", "column": None, "observed": str(exc)}],
             }
-    if frames:
-        definitions = _validation_definitions(_context())
-        for table, df in frames.items():
-            result = definitions[table].run(batch_parameters={"dataframe": df})
-            verdict["tables"][table] = _summarize(result)
+    batches: dict[str, Any] = {name: t.to_pandas() for name, t in tables.items()}
+    params: dict[str, Any] = {"ds_set": [ds]}
+    if tables:
+        batches["schema"] = derived.schema_table(tables).to_pandas()
+    if len(tables) == 2:
+        req, cand = tables["requests"], tables["candidates"]
+        try:
+            batches["per_request"] = derived.per_request_table(req, cand, comp.global_per_positive).to_pandas()
+            batches["integrity"] = derived.integrity_table(req, cand).to_pandas()
+            verdict["stats"] = derived.day_stats(req, cand)
+            batches["daily"] = pd_frame(verdict["stats"])
+            params.update(derived.daily_parameters(verdict["stats"], _history(ws, ds, dod.trailing_days), dod))
+            verdict["day_over_day_bounds"] = params
+        except Exception as exc:  # columns so broken that aggregates cannot be computed
+            verdict["tables"]["per_request"] = {
+                "success": False,
+                "evaluated": 0,
+                "failed": [{"expectation": "computable_aggregates", "column": None, "observed": str(exc)}],
+            }
+    if batches:
+        context = _context()
+        definitions = _validation_definitions(context)
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        run_id = RunIdentifier(run_name=f"ds={ds}")
+        result_ids = []
+        for name, df in batches.items():
+            fmt: dict[str, Any] = {"result_format": "SUMMARY"}
+            if name in ("per_request", "integrity"):
+                fmt["unexpected_index_column_names"] = ["request_id"]
+            elif name == "schema":
+                fmt["unexpected_index_column_names"] = ["table", "column"]
+            result = definitions[name].run(
+                batch_parameters={"dataframe": df}, expectation_parameters=params, result_format=fmt, run_id=run_id
+            )
+            verdict["tables"][name] = _summarize(result)
+            result_ids.append((name, result.batch_id))
+        verdict["data_docs"] = _build_docs(context, run_id, result_ids)
     verdict["success"] = all(t["success"] for t in verdict["tables"].values())
     verdict["partition"] = {t: str(partition_dir(ws.data, t, ds)) for t in TABLES}
     verdict["status"] = "passed" if verdict["success"] else "quarantined"
     ws.record_validation(ds, verdict)
     log.info("validation ds=%s: %s", ds, describe(verdict))
     return verdict
+
+
+def pd_frame(row: dict[str, Any]):
+    import pandas as pd
+
+    return pd.DataFrame([row])
+
+
+def _build_docs(context, run_id, results: list[tuple[str, str]]) -> str | None:
+    """GX Data Docs HTML for this run's results only (best effort: a docs failure is not a data failure)."""
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    try:
+        ids = [ValidationResultIdentifier(ExpectationSuiteIdentifier(name=n), run_id, b) for n, b in results]
+        sites = context.build_data_docs(resource_identifiers=ids)
+        return next(iter(sites.values()), None)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not build data docs: %s", exc)
+        return None
 
 
 def describe(verdict: dict[str, Any]) -> str:
@@ -168,7 +216,8 @@ def describe(verdict: dict[str, Any]) -> str:
     for table, t in verdict["tables"].items():
         for f in t["failed"]:
             col = f" column={f['column']}" if f.get("column") else ""
+            cond = f" where {f['condition']}" if f.get("condition") else ""
             lines.append(
-                f"  {table}: {f['expectation']}{col} observed={f.get('observed')} e.g. {f.get('examples', [])}"
+                f"  {table}: {f['expectation']}{col}{cond} observed={f.get('observed')} e.g. {f.get('examples', [])}"
             )
     return "\n".join(lines)

@@ -18,24 +18,24 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["HAP_RETRY_DELAY_S"] = "1"  # a failing task must not wait out a 5-minute retry delay
 
 
-def _free_port_block(n: int = 3) -> int:
-    """A base port with ``n`` consecutive free ports on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+def _free_port_block(n: int) -> int:
+    """A base port with ``n`` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range
+    (32768+) so that no outgoing connection can take one before TorchServe binds it."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        socks = []
         try:
-            socks = []
             for p in range(base, base + n):
                 t = socket.socket()
-                t.bind(("127.0.0.1", p))
                 socks.append(t)
-            for t in socks:
-                t.close()
+                t.bind(("127.0.0.1", p))
             return base
         except OSError:
+            continue
+        finally:
             for t in socks:
                 t.close()
     raise RuntimeError("no free port block")
