@@ -129,6 +129,7 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
     comp = load_config().sim.composition
     dod = derived.DayOverDay()
     verdict: dict[str, Any] = {"ds": ds, "tables": {}}
+    clock = _Stopwatch()
     tables = {}
     for table in TABLES:
         try:
@@ -140,6 +141,7 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
                 "failed": [{"expectation": "readable_partition", "column": None, "observed": str(exc)}],
             }
     batches: dict[str, Any] = {name: t.to_pandas() for name, t in tables.items()}
+    clock.lap("read")
     params: dict[str, Any] = {"ds_set": [ds]}
     if tables:
         batches["schema"] = derived.schema_table(tables).to_pandas()
@@ -158,6 +160,7 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
                 "evaluated": 0,
                 "failed": [{"expectation": "computable_aggregates", "column": None, "observed": str(exc)}],
             }
+    clock.lap("derive")
     if batches:
         context = _context()
         definitions = _validation_definitions(context)
@@ -176,13 +179,30 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
             )
             verdict["tables"][name] = _summarize(result)
             result_ids.append((name, result.batch_id))
+        clock.lap("gx")
         verdict["data_docs"] = _build_docs(context, run_id, result_ids)
+        clock.lap("data_docs")
+    verdict["timings_s"] = clock.laps
     verdict["success"] = all(t["success"] for t in verdict["tables"].values())
     verdict["partition"] = {t: str(partition_dir(ws.data, t, ds)) for t in TABLES}
     verdict["status"] = "passed" if verdict["success"] else "quarantined"
     ws.record_validation(ds, verdict)
     log.info("validation ds=%s: %s", ds, describe(verdict))
     return verdict
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def pd_frame(row: dict[str, Any]):
