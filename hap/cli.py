@@ -81,6 +81,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from hap.flow import server_for
+    from serving.deploy import rollback
+
+    ws = _ws(args)
+    pointer = rollback(ws, server_for(ws), args.reason)
+    print(f"serving {pointer['version']} again (rolled back from {pointer['previous']}); reason recorded")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from hap.flow import server_for
     from serving.deploy import sample_request
@@ -196,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start/stop/status of the local TorchServe")
     s.add_argument("action", choices=["start", "stop", "status"])
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("rollback", help="make the previous production version the default again")
+    s.add_argument("--reason", required=True, help="why (recorded with the production pointer)")
+    s.set_defaults(func=cmd_rollback)
 
     s = sub.add_parser("request", help="send a sample request built from a day's logs")
     s.add_argument("--ds", required=True)

@@ -21,18 +21,27 @@ def mar_name(version: str) -> str:
     return f"{MODEL_NAME}-{version}.mar"
 
 
+def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, dest: str | Path) -> Path:
+    """Lay out what the archive carries: both models, routing, version and feature spec.
+
+    The same layout is what ``TwoStageScorer`` loads, offline (golden scores) and in TorchServe.
+    """
+    version_dir, bundle = Path(version_dir), Path(dest)
+    for part in ("light", "expressive"):
+        shutil.copytree(version_dir / part, bundle / part, ignore=shutil.ignore_patterns("history.json"))
+    (bundle / ROUTING_FILE).write_text(json.dumps(asdict(routing)))
+    (bundle / VERSION_FILE).write_text(json.dumps({"version": version}))
+    spec = json.loads((bundle / "light" / "model.json").read_text())["spec"]
+    (bundle / "feature_spec.json").write_text(json.dumps(spec, indent=1))
+    return bundle
+
+
 def build_archive(version_dir: str | Path, version: str, routing: RoutingConfig, export_dir: str | Path) -> Path:
     """Package a registered version; rebuilding the same version replaces its archive."""
-    version_dir, export_dir = Path(version_dir), Path(export_dir)
+    export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(tmp) / "bundle"
-        for part in ("light", "expressive"):
-            shutil.copytree(version_dir / part, bundle / part, ignore=shutil.ignore_patterns("history.json"))
-        (bundle / ROUTING_FILE).write_text(json.dumps(asdict(routing)))
-        (bundle / VERSION_FILE).write_text(json.dumps({"version": version}))
-        spec = json.loads((bundle / "light" / "model.json").read_text())["spec"]
-        (bundle / "feature_spec.json").write_text(json.dumps(spec, indent=1))
+        bundle = stage_bundle(version_dir, version, routing, Path(tmp) / "bundle")
         out = Path(tmp) / "out"
         out.mkdir()
         archiver = Path(sys.executable).with_name("torch-model-archiver")

@@ -40,20 +40,30 @@ def sample_request(data_root: str | Path, ds: str, n_candidates: int = 1000, see
     return {"user": {k: user_row[k] for k in user_names}, "candidates": items}
 
 
-def smoke_check(response, version: str, request: dict[str, Any], m: int) -> str | None:
-    """Return what is wrong with a smoke answer, or None when it is a proper ranked top-M."""
+def golden_answer(version_dir: Path, version: str, cfg: HapConfig, request: dict[str, Any]) -> dict[str, Any]:
+    """What the version must answer, computed offline by the same scorer the handler wraps."""
+    import tempfile
+
+    from serving.archive import stage_bundle
+    from serving.scorer import TwoStageScorer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return TwoStageScorer(stage_bundle(version_dir, version, cfg.routing, Path(tmp) / "b"))(request)
+
+
+def smoke_check(response, expected: dict[str, Any], tolerance: float = 1e-4) -> str | None:
+    """What is wrong with a served answer compared with the offline golden answer, or None."""
     if response.status_code != 200:
         return f"HTTP {response.status_code}: {response.text[:300]}"
     body = response.json()
-    items = body.get("items", [])
-    if body.get("model_version") != version:
-        return f"answered by version {body.get('model_version')}, expected {version}"
-    if len(items) != min(m, len(request["candidates"])):
-        return f"{len(items)} items returned, expected {min(m, len(request['candidates']))}"
-    if [it["rank"] for it in items] != list(range(1, len(items) + 1)):
-        return "ranks are not 1..M"
-    if not all(np.isfinite(it["score"]) for it in items):
-        return "non-finite scores"
+    if body.get("model_version") != expected["model_version"]:
+        return f"answered by version {body.get('model_version')}, expected {expected['model_version']}"
+    got, want = body.get("items", []), expected["items"]
+    if [it["item_id"] for it in got] != [it["item_id"] for it in want]:
+        return f"ranking differs from the offline evaluation ({len(got)} vs {len(want)} items)"
+    worst = max((abs(g["score"] - w["score"]) for g, w in zip(got, want, strict=True)), default=0.0)
+    if not worst <= tolerance:
+        return f"scores differ from the offline evaluation by up to {worst:.2e} (tolerance {tolerance})"
     return None
 
 
@@ -75,21 +85,43 @@ def ensure_serving(ws: Workspace, server: LocalTorchServe) -> str | None:
 
 
 def deploy(ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe, smoke_ds: str) -> dict[str, Any]:
+    """Register → golden smoke → set default. Any failure unregisters the new version: the model
+    that was serving keeps serving."""
     registry = Registry(ws)
     previous = ensure_serving(ws, server)
     mar = server.model_store / mar_name(version)
     if not mar.exists():
         build_archive(registry.version_dir(version), version, cfg.routing, server.model_store)
     newly_registered = version not in {v["modelVersion"] for v in server.versions()}
-    if newly_registered:
-        server.register(mar.name)
-    request = sample_request(ws.data, smoke_ds, n_candidates=min(1000, cfg.routing.max_candidates))
-    problem = smoke_check(server.predict(request, version=version), version, request, cfg.routing.m)
-    if problem:
+    try:
+        if newly_registered:
+            server.register(mar.name)
+        request = sample_request(ws.data, smoke_ds, n_candidates=min(1000, cfg.routing.max_candidates))
+        expected = golden_answer(registry.version_dir(version), version, cfg, request)
+        problem = smoke_check(server.predict(request, version=version), expected)
+        if problem:
+            raise DeployFailed(f"smoke request to version {version} failed: {problem}")
+    except Exception as exc:
         if newly_registered and version != previous:
             server.unregister(version)
-        raise DeployFailed(f"smoke request to version {version} failed: {problem}; still serving {previous}")
+        raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
     server.set_default(version)
     pointer = registry.set_production(version, reason=f"daily deploy ds={smoke_ds}")
     log.info("deployed %s (previous %s)", version, previous)
     return {"version": version, "previous": previous, "production": pointer, "archive": str(mar)}
+
+
+def rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
+    """Make the previous production version the default again, in TorchServe and in the registry."""
+    registry = Registry(ws)
+    current = registry.production()
+    if not current or not current.get("previous"):
+        raise DeployFailed("nothing to roll back to: no previous production version recorded")
+    target = current["previous"]
+    server.start()
+    if target not in {v["modelVersion"] for v in server.versions()}:
+        server.register(mar_name(target))
+    server.set_default(target)
+    pointer = registry.set_production(target, reason=f"rollback from {current['version']}: {reason}")
+    log.warning("rolled back %s -> %s (%s)", current["version"], target, reason)
+    return pointer

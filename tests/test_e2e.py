@@ -107,3 +107,46 @@ def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server):
     assert not ws.run_dir(CORRUPT).exists()
     assert Registry(ws).production()["version"] == "20261122.1"
     assert server.predict(sample_request(ws.data, FIRST, 50)).json()["model_version"] == "20261122.1"
+
+
+def test_a_version_that_cannot_load_is_unregistered_and_serving_is_unchanged(ws, server):
+    """A broken archive fails at register/smoke; the new version is removed, the old one serves."""
+    import shutil
+
+    from hap.flow import deploy
+    from serving.deploy import DeployFailed
+
+    registry = Registry(ws)
+    broken = registry.version_dir("20261124.9")
+    shutil.copytree(registry.version_dir("20261122.1"), broken)
+    (broken / "light" / "weights.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DeployFailed, match="still serving 20261122.1"):
+        deploy("2026-11-22", "20261124.9", ws)
+    assert "20261124.9" not in [v["modelVersion"] for v in server.versions()]
+    assert server.default_version() == "20261122.1"
+    assert Registry(ws).production()["version"] == "20261122.1"
+    shutil.rmtree(broken)
+
+
+def test_second_day_deploys_then_rollback_restores_the_previous_version(ws, server):
+    from hap.cli import main
+
+    assert run_day(GATE_FAIL, ws)["deploy"] == "success"  # default policy this time: vs production
+    new = Registry(ws).production()
+    assert new["version"] == "20261123.1" and new["previous"] == "20261122.1"
+    assert server.default_version() == "20261123.1"
+    assert main(["--home", str(ws.root), "rollback", "--reason", "on-call: CTR dip"]) == 0
+    pointer = Registry(ws).production()
+    assert pointer["version"] == "20261122.1" and "CTR dip" in pointer["reason"]
+    assert server.default_version() == "20261122.1"
+    assert server.predict(sample_request(ws.data, FIRST, 50)).json()["model_version"] == "20261122.1"
+
+
+def test_restarted_torchserve_comes_back_serving_production(ws, server):
+    from hap.cli import main
+
+    server.stop()
+    assert not server.is_running()
+    assert main(["--home", str(ws.root), "serve", "start"]) == 0
+    assert server.default_version() == Registry(ws).production()["version"] == "20261122.1"
+    assert server.predict(sample_request(ws.data, FIRST, 20)).status_code == 200
