@@ -7,8 +7,10 @@ The suites are defined here and persisted (get-or-add) in the GX file context un
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,6 @@ def _validation_definitions(context) -> dict[str, Any]:
 
 
 def _expectation_key(e) -> str:
-    import json
-
     cfg = e.configuration.to_json_dict()
     cfg.pop("id", None)
     return json.dumps(cfg, sort_keys=True, default=str)
@@ -105,22 +105,22 @@ def _summarize(result) -> dict[str, Any]:
 
 def _history(ws: Workspace, ds: str, days: int) -> list[dict[str, float]]:
     """Stats of the trailing days that passed validation (the day-over-day baseline)."""
-    import json
-
     from hap.workspace import window_days
 
     out = []
     for day in window_days(ds, days + 1)[:-1]:
         path = ws.validation_dir(day) / "verdict.json"
-        if ws.validation_status(day) == "passed":
-            stats = json.loads(path.read_text()).get("stats")
-            if stats:
-                out.append(stats)
+        if path.exists():
+            verdict = json.loads(path.read_text())
+            if verdict["success"] and verdict.get("stats"):
+                out.append(verdict["stats"])
     return out
 
 
 def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
     """Validate ``ds``'s partitions, record the verdict (passed / quarantined) and return it."""
+    import pandas as pd
+
     from expectations import derived
     from hap.contract import TABLES, partition_dir, read_partition
     from hap.flow import load_config
@@ -151,7 +151,7 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
             batches["per_request"] = derived.per_request_table(req, cand, comp.global_per_positive).to_pandas()
             batches["integrity"] = derived.integrity_table(req, cand).to_pandas()
             verdict["stats"] = derived.day_stats(req, cand)
-            batches["daily"] = pd_frame(verdict["stats"])
+            batches["daily"] = pd.DataFrame([verdict["stats"]])
             params.update(derived.daily_parameters(verdict["stats"], _history(ws, ds, dod.trailing_days), dod))
             verdict["day_over_day_bounds"] = params
         except Exception as exc:  # columns so broken that aggregates cannot be computed
@@ -193,8 +193,6 @@ def validate_day(workspace_root: str | Path, ds: str) -> dict[str, Any]:
 
 class _Stopwatch:
     def __init__(self) -> None:
-        import time
-
         self._now = time.perf_counter
         self._last = self._now()
         self.laps: dict[str, float] = {}
@@ -203,12 +201,6 @@ class _Stopwatch:
         now = self._now()
         self.laps[name] = round(now - self._last, 3)
         self._last = now
-
-
-def pd_frame(row: dict[str, Any]):
-    import pandas as pd
-
-    return pd.DataFrame([row])
 
 
 def _build_docs(context, run_id, results: list[tuple[str, str]]) -> str | None:

@@ -56,8 +56,9 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) ->
     from components.pipeline import run_local
 
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
-    prod = Registry(ws).production()
-    prod_dir = str(Registry(ws).version_dir(prod["version"])) if prod else ""
+    registry = Registry(ws)
+    prod = registry.production()
+    prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
     out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
     evaluation_path = Path(out["run_dir"]) / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text())

@@ -67,6 +67,16 @@ def smoke_check(response, expected: dict[str, Any], tolerance: float = 1e-4) -> 
     return None
 
 
+def _ensure_registered(server: LocalTorchServe, version: str) -> None:
+    """Register ``version`` from the model store unless TorchServe already has it."""
+    if version in {v["modelVersion"] for v in server.versions()}:
+        return
+    mar = server.model_store / mar_name(version)
+    if not mar.exists():
+        raise ServingError(f"archive {mar} is missing; repackage version {version}")
+    server.register(mar.name)
+
+
 def ensure_serving(ws: Workspace, server: LocalTorchServe) -> str | None:
     """Start TorchServe if needed and make sure the registry's production version is the default."""
     server.start()
@@ -74,11 +84,7 @@ def ensure_serving(ws: Workspace, server: LocalTorchServe) -> str | None:
     if not prod:
         return None
     version = prod["version"]
-    if version not in {v["modelVersion"] for v in server.versions()}:
-        mar = server.model_store / mar_name(version)
-        if not mar.exists():
-            raise ServingError(f"production archive {mar} is missing; repackage version {version}")
-        server.register(mar.name)
+    _ensure_registered(server, version)
     if server.default_version() != version:
         server.set_default(version)
     return version
@@ -119,8 +125,7 @@ def rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, A
         raise DeployFailed("nothing to roll back to: no previous production version recorded")
     target = current["previous"]
     server.start()
-    if target not in {v["modelVersion"] for v in server.versions()}:
-        server.register(mar_name(target))
+    _ensure_registered(server, target)
     server.set_default(target)
     pointer = registry.set_production(target, reason=f"rollback from {current['version']}: {reason}")
     log.warning("rolled back %s -> %s (%s)", current["version"], target, reason)
