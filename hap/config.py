@@ -95,6 +95,20 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """How TorchServe runs the archive (written into the archive's ``model-config.yaml``).
+
+    TorchServe gathers up to ``batch_size`` requests, waiting at most ``max_batch_delay_ms`` for
+    them; the handler scores a gathered batch in one light and one expressive pass.
+    """
+
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    workers: int = 1
+    response_timeout_s: int = 60
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Offline evaluation on held-out requests of the run's day (logged candidates, ~35/request)."""
 
@@ -115,6 +129,7 @@ class HapConfig:
     expressive_loss: LossConfig = field(default_factory=lambda: LossConfig(source_weights={"expose": 1.0, "rank": 1.0}))
     train: TrainConfig = field(default_factory=TrainConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def package(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) 
         raise RuntimeError(f"ds={ds} did not pass the gate: {decision['reason']}")
     registry = Registry(ws)
     version = registry.register(ds, ws.run_dir(ds))
-    build_archive(registry.version_dir(version), version, cfg.routing, server_for(ws).model_store)
+    build_archive(registry.version_dir(version), version, cfg, server_for(ws).model_store)
     return version
 
 

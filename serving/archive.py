@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from hap.config import RoutingConfig
+from hap.config import HapConfig, RoutingConfig, ServingConfig
 from serving.scorer import ROUTING_FILE, VERSION_FILE
 
 MODEL_NAME = "hap"
@@ -36,12 +36,27 @@ def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, 
     return bundle
 
 
-def build_archive(version_dir: str | Path, version: str, routing: RoutingConfig, export_dir: str | Path) -> Path:
+def model_config(serving: ServingConfig) -> dict[str, int]:
+    """TorchServe's per-model config: workers, cross-request batching and response timeout."""
+    return {
+        "minWorkers": serving.workers,
+        "maxWorkers": serving.workers,
+        "batchSize": serving.batch_size,
+        "maxBatchDelay": serving.max_batch_delay_ms,
+        "responseTimeout": serving.response_timeout_s,
+    }
+
+
+def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_dir: str | Path) -> Path:
     """Package a registered version; rebuilding the same version replaces its archive."""
+    import yaml
+
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = stage_bundle(version_dir, version, routing, Path(tmp) / "bundle")
+        bundle = stage_bundle(version_dir, version, cfg.routing, Path(tmp) / "bundle")
+        model_yaml = Path(tmp) / "model-config.yaml"
+        model_yaml.write_text(yaml.safe_dump(model_config(cfg.serving)))
         out = Path(tmp) / "out"
         out.mkdir()
         archiver = Path(sys.executable).with_name("torch-model-archiver")
@@ -52,6 +67,7 @@ def build_archive(version_dir: str | Path, version: str, routing: RoutingConfig,
                 "--version", version,
                 "--handler", str(HANDLER),
                 "--extra-files", str(bundle),
+                "--config-file", str(model_yaml),
                 "--export-path", str(out),
                 "--force",
             ],

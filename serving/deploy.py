@@ -97,7 +97,7 @@ def deploy(ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe,
     previous = ensure_serving(ws, server)
     mar = server.model_store / mar_name(version)
     if not mar.exists():
-        build_archive(registry.version_dir(version), version, cfg.routing, server.model_store)
+        build_archive(registry.version_dir(version), version, cfg, server.model_store)
     newly_registered = version not in {v["modelVersion"] for v in server.versions()}
     try:
         if newly_registered:

@@ -21,6 +21,8 @@ import requests
 
 from serving.archive import MODEL_NAME
 
+METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
+
 
 class ServingError(RuntimeError):
     pass
@@ -88,6 +90,7 @@ class LocalTorchServe:
             "grpc_management_port": str(self.ports.grpc_management),
             "model_store": str(self.model_store),
             "metrics_mode": "prometheus",
+            "metrics_config": str(METRICS_CONFIG),
             "default_workers_per_model": "1",
             "disable_system_metrics": "true",
             "install_py_dep_per_model": "false",

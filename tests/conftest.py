@@ -69,3 +69,59 @@ def workspace(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HAP_HOME", str(tmp_path / "ws"))
     return Workspace.from_env()
+
+
+def _bad_request_cases(body: dict, routing) -> list[tuple[str, object, str, str]]:
+    """Every kind of bad input, as (name, body, field named in the error, error kind).
+
+    ``body`` is a valid request; ``routing`` gives the limits (max candidates, max K). A ``bytes``
+    body is sent as is (malformed JSON).
+    """
+    c0, user = body["candidates"][0], body["user"]
+    too_many = [c0] * (routing.max_candidates + 1)
+    return [
+        ("malformed JSON", b"{nope", "body", "malformed_json"),
+        ("truncated JSON", b'{"user": {', "body", "malformed_json"),
+        ("not an object", [1, 2], "body", "wrong_type"),
+        ("missing user", {"candidates": body["candidates"]}, "user", "missing_field"),
+        ("missing candidates", {"user": user}, "candidates", "missing_field"),
+        ("extra top-level field", {**body, "debug": True}, "debug", "unknown_field"),
+        ("user not an object", {**body, "user": "alice"}, "user", "wrong_type"),
+        ("missing user field", {**body, "user": {k: v for k, v in user.items() if k != "gender"}}, "user.gender",
+         "missing_field"),
+        ("missing sequence", {**body, "user": {k: v for k, v in user.items() if k != "hist_item_ids"}},
+         "user.hist_item_ids", "missing_field"),
+        ("extra user field", {**body, "user": {**user, "email": "x"}}, "user.email", "unknown_field"),
+        ("candidates not a list", {**body, "candidates": {"a": 1}}, "candidates", "wrong_type"),
+        ("candidate not an object", {**body, "candidates": [3]}, "candidates[0]", "wrong_type"),
+        ("extra candidate field", {**body, "candidates": [{**c0, "colour": 1}]}, "candidates[0].colour",
+         "unknown_field"),
+        ("missing candidate field", {**body, "candidates": [{k: v for k, v in c0.items() if k != "category"}]},
+         "candidates[0].category", "missing_field"),
+        ("wrong type", {**body, "candidates": [{**c0, "item_id": "abc"}]}, "candidates[0].item_id", "wrong_type"),
+        ("number for a string", {**body, "candidates": [{**c0, "content_type": 2}]}, "candidates[0].content_type",
+         "wrong_type"),
+        ("string for a number", {**body, "candidates": [{**c0, "duration_s": "9"}]}, "candidates[0].duration_s",
+         "wrong_type"),
+        ("null value", {**body, "user": {**user, "city": None}}, "user.city", "wrong_type"),
+        ("NaN feature", {**body, "candidates": [{**c0, "item_ctr_7d": float("nan")}]}, "candidates[0].item_ctr_7d",
+         "non_finite"),
+        ("inf feature", {**body, "candidates": [{**c0, "duration_s": float("inf")}]}, "candidates[0].duration_s",
+         "non_finite"),
+        ("bool as int", {**body, "candidates": [{**c0, "category": True}]}, "candidates[0].category", "wrong_type"),
+        ("id beyond int64", {**body, "candidates": [{**c0, "item_id": 2**64}]}, "candidates[0].item_id",
+         "out_of_range"),
+        ("empty candidates", {**body, "candidates": []}, "candidates", "empty"),
+        ("too many candidates", {**body, "candidates": too_many}, "candidates", "too_many"),
+        ("bad sequence", {**body, "user": {**user, "hist_item_ids": ["x"]}}, "user.hist_item_ids", "wrong_type"),
+        ("k out of range", {**body, "k": routing.max_k + 1}, "k", "out_of_range"),
+        ("negative k", {**body, "k": -1}, "k", "out_of_range"),
+        ("m out of range", {**body, "m": 0}, "m", "out_of_range"),
+        ("k not int", {**body, "k": "10"}, "k", "wrong_type"),
+        ("m a float", {**body, "m": 5.0}, "m", "wrong_type"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def bad_requests():
+    return _bad_request_cases

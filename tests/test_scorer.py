@@ -6,6 +6,8 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hap.config import HapConfig, RoutingConfig, TrainConfig
 from hap.features import DEFAULT_SPEC
@@ -83,37 +85,89 @@ def test_unknown_ids_are_hashed_not_rejected(scorer, small_day):
     assert len(scorer(body)["items"]) == 5
 
 
-def _bad_cases(body):
-    c0 = body["candidates"][0]
-    return [
-        ("not an object", [1, 2], "body"),
-        ("missing user", {"candidates": body["candidates"]}, "user"),
-        ("extra top-level field", {**body, "debug": True}, "debug"),
-        (
-            "missing user field",
-            {**body, "user": {k: v for k, v in body["user"].items() if k != "gender"}},
-            "user.gender",
-        ),
-        ("extra candidate field", {**body, "candidates": [{**c0, "colour": 1}]}, "candidates[0].colour"),
-        ("wrong type", {**body, "candidates": [{**c0, "item_id": "abc"}]}, "candidates[0].item_id"),
-        ("NaN feature", {**body, "candidates": [{**c0, "item_ctr_7d": float("nan")}]}, "candidates[0].item_ctr_7d"),
-        ("inf feature", {**body, "candidates": [{**c0, "duration_s": float("inf")}]}, "candidates[0].duration_s"),
-        ("bool as int", {**body, "candidates": [{**c0, "category": True}]}, "candidates[0].category"),
-        ("empty candidates", {**body, "candidates": []}, "candidates"),
-        ("too many candidates", {**body, "candidates": [c0] * 301}, "candidates"),
-        ("bad sequence", {**body, "user": {**body["user"], "hist_item_ids": ["x"]}}, "user.hist_item_ids"),
-        ("k out of range", {**body, "k": 101}, "k"),
-        ("m out of range", {**body, "m": 0}, "m"),
-        ("k not int", {**body, "k": "10"}, "k"),
-    ]
-
-
-def test_every_bad_input_names_its_field(scorer, small_day):
-    body = logged_request(small_day)
-    for name, bad, field in _bad_cases(body):
+def test_every_bad_input_names_its_field_and_kind(scorer, small_day, bad_requests):
+    for name, bad, field, kind in bad_requests(logged_request(small_day), ROUTING):
         with pytest.raises(RequestError) as err:
-            scorer(bad)
-        assert err.value.field == field, name
+            scorer(decode_body(bad))
+        assert (err.value.field, err.value.kind) == (field, kind), name
         assert 400 <= err.value.status < 500
-    with pytest.raises(RequestError, match="malformed JSON"):
-        decode_body(b"{nope")
+
+
+def test_a_batch_scores_like_its_requests_one_by_one(scorer, small_day):
+    """Cross-request batching changes nothing in the answers: same ranking, same scores."""
+    bodies = [{**logged_request(small_day, i), "k": k, "m": 7} for i, k in enumerate((0, 3, 8, 100, 1))]
+    parsed = [scorer.parse(b) for b in bodies]
+    batched, times = scorer.score_batch(parsed)
+    assert times.light_ms > 0 and times.expressive_ms >= 0
+    for body, got in zip(bodies, batched, strict=True):
+        want = scorer(body)
+        assert [it["item_id"] for it in got["items"]] == [it["item_id"] for it in want["items"]]
+        assert [it["stage"] for it in got["items"]] == [it["stage"] for it in want["items"]]
+        for g, w in zip(got["items"], want["items"], strict=True):
+            assert math.isclose(g["score"], w["score"], rel_tol=1e-5, abs_tol=1e-6)
+
+
+# ---- property-based fuzzing of the request parser ----
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _parse_or_reject(scorer, body):
+    """The parser's contract: a parsed request or a ``RequestError`` naming a field, nothing else."""
+    try:
+        return scorer.parse(decode_body(body))
+    except RequestError as err:
+        assert err.field and err.message and 400 <= err.status < 500
+        return None
+
+
+@FUZZ
+@given(raw=st.binary(max_size=64) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_fuzz_arbitrary_bodies_are_rejected_cleanly(scorer, raw):
+    assert _parse_or_reject(scorer, raw) is None
+
+
+@FUZZ
+@given(data=st.data(), value=JSON)
+def test_fuzz_one_field_replaced_by_any_json(scorer, small_day, data, value):
+    body = logged_request(small_day, data.draw(st.integers(0, 20)))
+    where = data.draw(st.sampled_from(["user", "candidates", "k", "m"]))
+    if where == "user":
+        body["user"][data.draw(st.sampled_from(sorted(body["user"])))] = value
+    elif where == "candidates":
+        i = data.draw(st.integers(0, len(body["candidates"]) - 1))
+        body["candidates"][i][data.draw(st.sampled_from(ITEM_FIELDS))] = value
+    else:
+        body[where] = value
+    parsed = _parse_or_reject(scorer, body)
+    if parsed is not None:  # e.g. an int where any int is fine: it must then score
+        answer = scorer.score_batch([parsed])[0][0]
+        assert len(answer["items"]) == min(parsed.m, len(body["candidates"]))
+
+
+def _feature_value(f):
+    if f.vocab:
+        return st.sampled_from(f.vocab) | st.text(max_size=6)  # unknown strings map to index 0
+    if f.kind == "bucket":
+        return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**6), 10**6)
+    return st.integers(-(2**63), 2**63 - 1)  # ids hashed, categorical out of range → index 0
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_any_well_typed_request_is_answered(scorer, data):
+    user = {f.name: data.draw(_feature_value(f)) for f in DEFAULT_SPEC.side("user")}
+    user["hist_item_ids"] = data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=80))
+    item = st.fixed_dictionaries({f.name: _feature_value(f) for f in DEFAULT_SPEC.side("item")})
+    cands = data.draw(st.lists(item, min_size=1, max_size=40))
+    k, m = data.draw(st.integers(0, ROUTING.max_k)), data.draw(st.integers(1, ROUTING.max_candidates))
+    answer = scorer({"user": user, "candidates": cands, "k": k, "m": m})
+    items = answer["items"]
+    assert len(items) == min(m, len(cands)) and [it["rank"] for it in items] == list(range(1, len(items) + 1))
+    assert all(math.isfinite(it["score"]) for it in items)
+    assert sum(it["stage"] == "expressive" for it in items) == min(k, len(cands), m)
