@@ -109,7 +109,7 @@ def main() -> None:
             print("|---|" + "---|" * len(args.batch_sizes))
             for clients in args.clients:
                 cells = []
-                for bs, label in versions.items():
+                for label in versions.values():
                     load(server, label, bodies, clients, 2)  # warm-up
                     r = load(server, label, bodies, clients, args.seconds)
                     cells.append(f"{r['rps']:.1f}, {r['p50']:.1f}, {r['p95']:.1f}")

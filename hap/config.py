@@ -116,6 +116,7 @@ class EvalConfig:
     k: int = 12
     m: int = 6
     flops_candidates: int = 1000  # N for FLOPs/request (serving scale; K from the routing config)
+    bootstrap: int = 100  # paired bootstrap resamples of held-out requests for the gate's intervals
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,36 @@ class Registry:
         }
         write_json_atomic(staging / "manifest.json", manifest)
         os.replace(staging, target)
+        self.write_index()
         return version
+
+    def write_index(self) -> Path:
+        """``index.md``: every version with its window, lineage, gate decision and headline metrics."""
+        prod = (self.production() or {}).get("version")
+        lines = [
+            "# Model registry",
+            "",
+            "| version | ds | window | parent | gate | light AUC | recall@M | MFLOPs/req | serving |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in self.versions():
+            decision_file = self.version_dir(m["version"]) / "decision.json"
+            decision = json.loads(decision_file.read_text()) if decision_file.exists() else {}
+            gate = "pass" if decision.get("passed") else "fail" if decision else "—"
+            met = m["metrics"]
+            window = f"{m['window_days'][0]}..{m['window_days'][-1]}" if m["window_days"] else "—"
+            lines.append(
+                f"| [{m['version']}](versions/{m['version']}/decision.md) | {m['ds']} | {window} | "
+                f"{m['parent'] or '—'} | {gate} | {met.get('light.auc.overall', float('nan')):.4f} | "
+                f"{met.get('system.recall_at_m', float('nan')):.4f} | "
+                f"{met.get('system.flops_per_request', float('nan')) / 1e6:.1f} | "
+                f"{'production' if m['version'] == prod else ''} |"
+            )
+        path = self.root / "index.md"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+        return path
 
     def production(self) -> dict[str, Any] | None:
         path = self.root / "production.json"
@@ -93,4 +122,5 @@ class Registry:
         write_json_atomic(self.root / "production.json", pointer)
         with (self.root / "events.jsonl").open("a") as f:
             f.write(json.dumps({"event": "set_production", **pointer}) + "\n")
+        self.write_index()
         return pointer

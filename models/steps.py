@@ -83,7 +83,7 @@ def evaluate(
     prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str
 ) -> dict:
     """Score candidate and production models on the same held-out requests of the run's day."""
-    from models.metrics import evaluate_pair, flops_per_request
+    from models.metrics import evaluate_pair, flops_per_request, paired_bootstrap
     from models.nets import load_model
 
     holdout = EncodedData.load(Path(prepared_dir) / HOLDOUT_FILE)
@@ -100,6 +100,11 @@ def evaluate(
     result["flops"] = {"n": cfg.eval.flops_candidates, "k": cfg.routing.k, **flops}
     if production_dir:
         prod = Path(production_dir)
-        result["production"] = evaluate_pair(load_model(prod / "light"), load_model(prod / "expressive"), holdout, k, m)
+        prod_models = (load_model(prod / "light"), load_model(prod / "expressive"))
+        result["production"] = evaluate_pair(*prod_models, holdout, k, m)
+        result["production"]["system.flops_per_request"] = flops_per_request(
+            *prod_models, cfg.eval.flops_candidates, cfg.routing.k
+        )["total"]
+        result["delta_ci95"] = paired_bootstrap((light, expressive), prod_models, holdout, k, m, cfg.eval.bootstrap)
     write_json_atomic(Path(out_path), result)
     return result

@@ -1,5 +1,7 @@
 """Model parts, request-level batching, determinism, serialization, hard-source training."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,18 @@ def test_gradient_conflict_monitor_reports_every_present_source(data):
     assert all(-1.0 <= c <= 1.0 for c in mon[-1]["cosine"].values())
     epoch = history["epochs"][0]
     assert epoch["data_seconds"] + epoch["compute_seconds"] <= epoch["seconds"] + 1e-6
+
+
+def test_paired_bootstrap_is_zero_for_a_model_against_itself_and_brackets_a_real_difference(data):
+    from models.metrics import evaluate_pair, paired_bootstrap
+    from models.train import train_expressive, train_light
+
+    cfg, other = FAST, dataclasses.replace(FAST, train=dataclasses.replace(FAST.train, seed=1))
+    a = (train_light(data, cfg, DEFAULT_SPEC)[0], train_expressive(data, cfg, DEFAULT_SPEC)[0])
+    b = (train_light(data, other, DEFAULT_SPEC)[0], train_expressive(data, other, DEFAULT_SPEC)[0])
+    same = paired_bootstrap(a, a, data, 12, 6, n_boot=20)
+    assert all(lo == hi == 0.0 for lo, hi in same.values())
+    ci = paired_bootstrap(a, b, data, 12, 6, n_boot=50)
+    delta = evaluate_pair(*a, data, 12, 6)["light.auc.rank"] - evaluate_pair(*b, data, 12, 6)["light.auc.rank"]
+    lo, hi = ci["light.auc.rank"]
+    assert lo < hi and lo - 0.01 <= delta <= hi + 0.01

@@ -33,3 +33,16 @@ def test_production_pointer_remembers_previous(workspace, tmp_path):
     assert pointer["previous"] == v1 and reg.production()["version"] == v2
     with pytest.raises(KeyError):
         reg.set_production("19990101.1", "nope")
+
+
+def test_index_lists_versions_with_gate_lineage_and_serving_marker(workspace, tmp_path):
+    reg = Registry(workspace)
+    run = _run(tmp_path, "a", b"w1")
+    (run / "decision.json").write_text(json.dumps({"passed": True}))
+    v1 = reg.register("2026-11-22", run)
+    v2 = reg.register("2026-11-23", _run(tmp_path, "b", b"w2"))
+    reg.set_production(v1, "first")
+    rows = [line for line in (reg.root / "index.md").read_text().splitlines() if line.startswith("| [")]
+    assert len(rows) == 2
+    assert v1 in rows[0] and "| pass |" in rows[0] and rows[0].rstrip().endswith("production |")
+    assert v2 in rows[1] and "| — |" in rows[1] and "production" not in rows[1]

@@ -1,0 +1,106 @@
+"""Deployment manifests under infra/: schema-checked with the Kubernetes client's own models and
+cross-checked against the image definition and the TorchServe config the local server uses."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+ROOT = INFRA.parent
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
+
+
+def _k8s_objects(path: Path) -> list:
+    """Deserialize each document into its kubernetes.client model: required fields and types checked."""
+    from kubernetes.client import ApiClient
+
+    api = ApiClient()
+    return [api._ApiClient__deserialize(doc, f"V1{doc['kind']}") for doc in yaml.safe_load_all(path.read_text())]
+
+
+@pytest.fixture(scope="module")
+def objects():
+    objs = _k8s_objects(INFRA / "k8s" / "torchserve.yaml")
+    return {type(o).__name__: o for o in objs}
+
+
+@pytest.fixture(scope="module")
+def props():
+    return _properties(INFRA / "torchserve" / "config.properties")
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_container_config_keeps_secure_defaults_and_the_local_settings(props, tmp_path):
+    from serving.server import LocalTorchServe
+
+    assert props.get("disable_token_authorization", "false") == "false"
+    assert props["metrics_mode"] == "prometheus"
+    local = LocalTorchServe(tmp_path)
+    local.write_config()
+    local_props = _properties(local.config_file)
+    same = set(local_props) - {"model_store", "metrics_config"}
+    assert {k: props[k] for k in same if "address" not in k and "port" not in k} == {
+        k: local_props[k] for k in same if "address" not in k and "port" not in k
+    }  # one TorchServe configuration, locally and in the image
+
+
+def test_dockerfile_copies_what_exists_and_exposes_the_configured_ports(props):
+    dockerfile = (INFRA / "torchserve" / "Dockerfile").read_text()
+    for src in re.findall(r"^COPY\s+(.+)\s+\S+$", dockerfile, re.M):
+        for s in src.split():
+            assert (ROOT / s).exists(), f"Dockerfile copies missing {s}"
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()}
+    ports = {_port(props[k]) for k in ("inference_address", "management_address", "metrics_address")}
+    ports |= {int(props["grpc_inference_port"]), int(props["grpc_management_port"])}
+    assert exposed == ports
+    assert "COPY serving/metrics.yaml " + props["metrics_config"] in dockerfile
+    assert "-r requirements.lock" in dockerfile and "USER model-server" in dockerfile
+    entry = (INFRA / "torchserve" / "entrypoint.sh").read_text()
+    assert "--disable-token-auth" not in entry and "--dt" not in entry.split()
+    assert "--enable-model-api" not in entry
+
+
+def test_deployment_and_service_are_consistent(objects, props):
+    deploy, svc = objects["V1Deployment"], objects["V1Service"]
+    labels = deploy.spec.template.metadata.labels
+    assert deploy.spec.selector.match_labels.items() <= labels.items()
+    assert svc.spec.selector.items() <= labels.items()
+    (container,) = deploy.spec.template.spec.containers
+    named = {p.name: p.container_port for p in container.ports}
+    assert named["inference"] == _port(props["inference_address"])
+    assert named["metrics"] == _port(props["metrics_address"])
+    assert named["grpc-inference"] == int(props["grpc_inference_port"])
+    assert all(p.target_port in named for p in svc.spec.ports)
+    annotations = deploy.spec.template.metadata.annotations
+    assert int(annotations["prometheus.io/port"]) == named["metrics"]
+    assert container.resources.requests and container.resources.limits
+    assert deploy.spec.template.spec.security_context.run_as_non_root
+    probe = container.readiness_probe._exec.command
+    assert probe[-1] in (INFRA / "torchserve" / "Dockerfile").read_text()  # the probe script is in the image
+    assert deploy.spec.strategy.rolling_update.max_unavailable == 0  # a deploy never drops capacity
+    env = objects["V1ConfigMap"].data
+    assert re.fullmatch(r"\d{8}\.\d+", env["MODEL_VERSION"])
+
+
+def test_probe_reads_the_key_file_where_torchserve_writes_it():
+    dockerfile = (INFRA / "torchserve" / "Dockerfile").read_text()
+    workdir = re.findall(r"^WORKDIR (.+)$", dockerfile, re.M)[-1]
+    assert f"{workdir}/key_file.json" in (INFRA / "torchserve" / "probe.py").read_text()
+
+
+def test_kserve_inference_service_uses_the_torchserve_runtime():
+    (isvc,) = yaml.safe_load_all((INFRA / "kserve" / "inferenceservice.yaml").read_text())
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v1"
+    assert re.match(r"^(s3|gs|pvc)://", model["storageUri"])
+    assert model["resources"]["limits"] and isvc["spec"]["predictor"]["minReplicas"] >= 2
