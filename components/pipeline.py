@@ -103,32 +103,89 @@ def compile_pipeline(path: str | Path = COMPILED) -> Path:
     return Path(path)
 
 
-def run_local(workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir: str | Path) -> dict:
-    """Run the pipeline with the KFP local subprocess runner and publish its artifacts to ``run_dir``.
+# The pipeline's outputs and the files they become in the day's run directory.
+PUBLISHED = {("train-light-op", "model"): "light", ("train-expressive-op", "model"): "expressive",
+             ("evaluate-op", "evaluation"): "evaluation.json"}  # fmt: skip
 
-    Publishing replaces the day's previous outputs whole, so rerunning a ``ds`` leaves no duplicates.
-    """
-    from kfp import local
 
-    pipeline_root = Path(workspace_root) / "kfp"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    task = hap_training(workspace_root=workspace_root, ds=ds, config_json=config_json, production_dir=production_dir)
+def publish(sources: dict[str, str], run_dir: str | Path, fs=None) -> dict:
+    """Copy the run's artifacts (``light``/``expressive`` folders, ``evaluation.json``) from their
+    URIs into ``run_dir``, replacing the day's previous outputs whole (rerunning a ``ds`` leaves no
+    duplicates). ``fs`` is an fsspec filesystem for remote artifacts; local paths without it."""
     run_dir = Path(run_dir)
     staging = run_dir.with_name(run_dir.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    shutil.copytree(task.outputs["light"].path, staging / "light")
-    shutil.copytree(task.outputs["expressive"].path, staging / "expressive")
-    shutil.copy(task.outputs["evaluation"].path, staging / "evaluation.json")
+    for name, src in sources.items():
+        if fs is not None:
+            fs.get(src.rstrip("/") + ("/" if fs.isdir(src) else ""), str(staging / name), recursive=True)
+        elif Path(src).is_dir():
+            shutil.copytree(src, staging / name)
+        else:
+            shutil.copy(src, staging / name)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     os.replace(staging, run_dir)
+    return {"run_dir": str(run_dir), "light": str(run_dir / "light"), "expressive": str(run_dir / "expressive")}
+
+
+def run_local(workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir: str | Path) -> dict:
+    """Run the pipeline with the KFP local subprocess runner and publish its artifacts to ``run_dir``."""
+    from kfp import local
+
+    pipeline_root = Path(workspace_root) / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    task = hap_training(workspace_root=workspace_root, ds=ds, config_json=config_json, production_dir=production_dir)
+    out = publish({name: task.outputs[name.split(".")[0]].path for name in PUBLISHED.values()}, run_dir)
     # the runner's own per-run copies are scratch: drop them so reruns do not pile up
-    run_root = Path(task.outputs["light"].path).parents[1]
-    shutil.rmtree(run_root, ignore_errors=True)
-    return {
-        "run_dir": str(run_dir),
-        "light": str(run_dir / "light"),
-        "expressive": str(run_dir / "expressive"),
-    }
+    shutil.rmtree(Path(task.outputs["light"].path).parents[1], ignore_errors=True)
+    return out
+
+
+def locate_outputs(fs, pipeline_root: str, run_id: str) -> dict[str, str]:
+    """Find this run's published outputs under the pipeline root. The KFP backend writes artifacts
+    at ``<root>/<pipeline>/<run_id>/<task>/[<execution>/]<output>``; match on run id, task and name."""
+    root = pipeline_root.rstrip("/")
+    found: dict[str, str] = {}
+    for path in fs.find(root, withdirs=True):
+        parts = path.rstrip("/").split("/")
+        if run_id not in parts:
+            continue
+        tail = parts[parts.index(run_id) + 1 :]
+        for (task, output), name in PUBLISHED.items():
+            if len(tail) >= 2 and tail[0] == task and tail[-1] == output:
+                found[name] = path
+    missing = sorted(set(PUBLISHED.values()) - set(found))
+    if missing:
+        raise FileNotFoundError(f"run {run_id}: outputs {missing} not found under {pipeline_root}")
+    return found
+
+
+def run_cluster(kfp_cfg, workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir) -> dict:
+    """Submit the committed package to a Kubeflow Pipelines API, wait for it, publish its artifacts.
+
+    ``kfp_cfg`` is ``hap.config.KfpConfig``. Credentials come from the environment KFP's client reads
+    (in-cluster service account or ``KF_PIPELINES_*``), never from code or config files.
+    """
+    import fsspec
+    import kfp
+
+    if not kfp_cfg.host or not kfp_cfg.pipeline_root:
+        raise ValueError("kfp cluster mode needs kfp.host and kfp.pipeline_root in the HAP config")
+    client = kfp.Client(host=kfp_cfg.host)
+    run = client.create_run_from_pipeline_package(
+        str(COMPILED),
+        arguments={"workspace_root": workspace_root, "ds": ds, "config_json": config_json,
+                   "production_dir": production_dir},
+        run_name=f"hap-daily-{ds}",
+        experiment_name=kfp_cfg.experiment,
+        pipeline_root=kfp_cfg.pipeline_root,
+        enable_caching=False,
+    )  # fmt: skip
+    detail = client.wait_for_run_completion(run.run_id, timeout=kfp_cfg.timeout_s)
+    state = str(getattr(detail, "state", "")).upper()
+    if state != "SUCCEEDED":
+        raise RuntimeError(f"KFP run {run.run_id} for ds={ds} ended {state or 'in an unknown state'}")
+    fs, root = fsspec.core.url_to_fs(kfp_cfg.pipeline_root)
+    return publish(locate_outputs(fs, root, run.run_id), run_dir, fs=fs)

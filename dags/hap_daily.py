@@ -8,13 +8,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import dag, task
+from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 
 DOC = """
 ### HAP daily retraining
 
 One run per logical day `ds`:
 
+0. **wait_for_partition** until both tables of `ds` have landed (reschedule-mode sensor: a late
+   partition delays the run instead of failing it; after `HAP_SENSOR_TIMEOUT_S` it fails and alerts).
 1. **validate** the day's logged cascade samples with Great Expectations. A failing day is
    quarantined (kept in place, never trained on) and the run stops with the failed expectations
    named in the task log and in `$HAP_HOME/validation/ds=<ds>/verdict.json`.
@@ -22,12 +24,51 @@ One run per logical day `ds`:
    pipeline `hap-daily-training`; outputs in `$HAP_HOME/runs/ds=<ds>/`.
 3. **gate** on AUC by difficulty slice vs. the production model (`configs/gate_policy.yaml`).
    A failed gate skips package and deploy: the serving model stays as it was.
-4. **package** the version (`.mar`) and **deploy** it to TorchServe: register, smoke, set default.
+4. **package** the version (`.mar`, registry version), then **promote** decides whether it may
+   replace production: a backfill never demotes a model trained on newer data (unless
+   `force_deploy` with a `force_reason`); `skip_deploy` stops here. Recorded in `promotion.json`.
+5. **deploy** to TorchServe: register, golden smoke, set default; a failure keeps the old version.
 
-Every step is idempotent for its `ds`.
+Every step is idempotent for its `ds`. Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
+`$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `HAP_RUN_DEADLINE_H` (6) hours after it was queued alerts too.
+On-call: `docs/runbook.md` (backfill, rerun one day, inspect a failed validation, roll back).
 """
 
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("HAP_RETRY_DELAY_S", "300")))
+SENSOR_POKE = int(os.environ.get("HAP_SENSOR_POKE_S", "300"))
+SENSOR_TIMEOUT = int(os.environ.get("HAP_SENSOR_TIMEOUT_S", str(12 * 3600)))
+SENSOR_MODE = os.environ.get("HAP_SENSOR_MODE", "reschedule")
+
+
+# A run still going this long after it was queued alerts on-call. ``HAP_RUN_DEADLINE_H=0`` turns it
+# off: Airflow 3.3.2's ``dag.test()`` cannot store deadline alerts (the scheduler path can).
+_DEADLINE_H = float(os.environ.get("HAP_RUN_DEADLINE_H", "6"))
+DEADLINE = (
+    DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=_DEADLINE_H),
+        callback=SyncCallback("hap.alerts.deadline_missed"),
+    )
+    if _DEADLINE_H > 0
+    else None
+)
+
+
+def _alert_on_failure(context) -> None:
+    from hap.alerts import task_failed
+
+    task_failed(context)
+
+
+PARAMS = {
+    "window_days": Param(3, type="integer", minimum=1, maximum=30, description="training window in days"),
+    "skip_deploy": Param(False, type="boolean", description="train, gate and package, but do not deploy"),
+    "force_deploy": Param(
+        False, type="boolean", description="deploy even if production was trained on newer data (backfill)"
+    ),
+    "force_reason": Param("", type="string", maxLength=500, description="required with force_deploy; recorded"),
+    "kfp_mode": Param("local", enum=["local", "cluster"], description="KFP local runner or the cluster API"),
+}
 
 
 @dag(
@@ -38,22 +79,38 @@ RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("HAP_RETRY_DELAY_S", "300"
     max_active_runs=1,
     doc_md=DOC,
     tags=["hap", "pre-ranking"],
-    default_args={"owner": "recsys-preranking", "retries": 1, "retry_delay": RETRY_DELAY},
+    params=PARAMS,
+    deadline=DEADLINE,
+    default_args={
+        "owner": "recsys-preranking",
+        "retries": 2,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(hours=1),
+        "execution_timeout": dt.timedelta(hours=1),
+        "on_failure_callback": _alert_on_failure,
+    },
 )
 def hap_daily():
-    @task(retries=0)  # a bad partition is not transient: fail at once, never retry into training
-    def validate(ds: str | None = None) -> dict:
+    @task.sensor(poke_interval=SENSOR_POKE, timeout=SENSOR_TIMEOUT, mode=SENSOR_MODE, retries=0)
+    def wait_for_partition(ds: str | None = None) -> bool:
         from hap import flow
 
-        return flow.validate(ds)
+        return flow.partition_ready(ds)
 
-    @task(execution_timeout=dt.timedelta(hours=2))
-    def train(verdict: dict, ds: str | None = None) -> str:
+    @task(retries=0, execution_timeout=dt.timedelta(minutes=30))  # bad data is not transient: never retry
+    def validate(ready: bool, params: dict | None = None, ds: str | None = None) -> dict:
         from hap import flow
 
-        return flow.train(ds)
+        return flow.validate(ds, cfg=flow.load_config(params))
 
-    @task.short_circuit(ignore_downstream_trigger_rules=True)
+    @task(execution_timeout=dt.timedelta(hours=3))
+    def train(verdict: dict, params: dict | None = None, ds: str | None = None) -> str:
+        from hap import flow
+
+        return flow.train(ds, cfg=flow.load_config(params))
+
+    @task.short_circuit(ignore_downstream_trigger_rules=True, execution_timeout=dt.timedelta(minutes=10))
     def gate(run_dir: str, ds: str | None = None) -> bool:
         from hap import flow
 
@@ -61,22 +118,32 @@ def hap_daily():
         print(f"gate ds={ds}: {'PASS' if decision['passed'] else 'FAIL'} — {decision['reason']}")
         return decision["passed"]
 
-    @task
-    def package(ds: str | None = None) -> str:
+    @task(execution_timeout=dt.timedelta(minutes=20))
+    def package(params: dict | None = None, ds: str | None = None) -> str:
         from hap import flow
 
-        return flow.package(ds)
+        return flow.package(ds, cfg=flow.load_config(params))
+
+    @task.short_circuit(retries=0, execution_timeout=dt.timedelta(minutes=5))
+    def promote(version: str, params: dict | None = None, ds: str | None = None) -> bool:
+        from hap import flow
+
+        decision = flow.promotion(ds, version, params=params)
+        print(f"promote ds={ds} {version}: {'DEPLOY' if decision['deploy'] else 'STOP'} — {decision['reason']}")
+        return decision["deploy"]
 
     @task(execution_timeout=dt.timedelta(minutes=20))
-    def deploy(version: str, ds: str | None = None) -> dict:
+    def deploy(version: str, params: dict | None = None, ds: str | None = None) -> dict:
         from hap import flow
 
-        return flow.deploy(ds, version)
+        return flow.deploy(ds, version, cfg=flow.load_config(params))
 
-    passed = gate(train(validate()))
+    passed = gate(train(validate(wait_for_partition())))
     version = package()
     passed >> version
-    deploy(version)
+    promoted = promote(version)
+    deployment = deploy(version)
+    promoted >> deployment
 
 
 daily_dag = hap_daily()

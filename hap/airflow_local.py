@@ -24,6 +24,7 @@ def airflow_env(ws: Workspace) -> dict[str, str]:
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "HAP_HOME": str(ws.root),
         "GX_ANALYTICS_ENABLED": "false",
+        "HAP_RUN_DEADLINE_H": "0",  # dag.test() cannot store deadline alerts (Airflow 3.3.2)
     }
 
 
@@ -79,3 +80,92 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]
     if not lines:
         raise RuntimeError(f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}")
     return json.loads(lines[-1])
+
+
+class StandaloneAirflow:
+    """A real Airflow (``airflow standalone``: scheduler, DAG processor, API server, triggerer) on
+    SQLite for backfills, which need a scheduler. Its API server listens on 127.0.0.1 only, and it
+    runs no scheduled intervals of its own (``use_job_schedule=False``): only what it is asked to."""
+
+    def __init__(self, ws: Workspace, api_port: int, extra_env: dict[str, str] | None = None) -> None:
+        self.home = ws.root / "airflow-standalone"
+        env = {**os.environ, **airflow_env(ws), **(extra_env or {})}
+        env.pop("HAP_RUN_DEADLINE_H", None)  # the scheduler stores deadline alerts: keep them on
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(api_port),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "2",
+                "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # backfills and manual runs only: no scheduled run for "today" competes with them
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api_port + 1),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(api_port + 2),
+                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+            }
+        )
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "airflow", *args]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=check)
+
+    def start(self, timeout: float = 240) -> None:
+        import time
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = (self.home / "standalone.log").open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
+            listed = self.airflow("dags", "list", "-o", "json", check=False)
+            if listed.returncode == 0 and '"hap_daily"' in listed.stdout:
+                return
+            time.sleep(5)
+        raise RuntimeError(f"airflow standalone did not list hap_daily within {timeout}s")
+
+    def backfill(self, dag_id: str, start: str, end: str, conf: dict | None = None) -> None:
+        import json
+
+        self.airflow("dags", "unpause", dag_id)  # runs of a paused DAG stay queued
+        args = ["backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end]
+        args += ["--max-active-runs", "1"]  # oldest first, one day at a time, like the daily schedule
+        self.airflow(*args, *(["--dag-run-conf", json.dumps(conf)] if conf else []))
+
+    def runs(self, dag_id: str) -> list[dict]:
+        import json
+
+        out = self.airflow("dags", "list-runs", dag_id, "-o", "json").stdout
+        rows = [ln for ln in out.splitlines() if ln.startswith("[{") or ln.strip() == "[]"]
+        return json.loads(rows[-1]) if rows else []
+
+    def wait_for_runs(self, dag_id: str, n: int, timeout: float) -> list[dict]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs(dag_id)
+            if len(runs) >= n and all(r["state"] in ("success", "failed") for r in runs):
+                return runs
+            time.sleep(10)
+        raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {self.runs(dag_id)}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)

@@ -120,6 +120,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class KfpConfig:
+    """Where the training pipeline runs. ``local``: the KFP subprocess runner on this machine.
+    ``cluster``: the compiled package submitted to a Kubeflow Pipelines API at ``host``, artifacts
+    under ``pipeline_root`` (an fsspec URL such as ``s3://bucket/hap`` or ``file:///shared/hap``)."""
+
+    mode: str = "local"
+    host: str = ""
+    pipeline_root: str = ""
+    experiment: str = "hap-daily"
+    timeout_s: int = 6 * 3600
+
+
+@dataclass(frozen=True)
 class HapConfig:
     window_days: int = 3
     label: str = "click"
@@ -132,6 +145,7 @@ class HapConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    kfp: KfpConfig = field(default_factory=KfpConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

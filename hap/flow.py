@@ -6,6 +6,7 @@ outputs for a ``ds`` are replaced whole, registry versions are content-addressed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,9 +20,24 @@ from hap.workspace import Workspace, window_days, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def load_config() -> HapConfig:
-    """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults."""
-    return HapConfig.load(os.environ.get("HAP_CONFIG") or None)
+def load_config(params: dict[str, Any] | None = None) -> HapConfig:
+    """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults; DAG run params override
+    ``window_days`` and the KFP mode."""
+    cfg = HapConfig.load(os.environ.get("HAP_CONFIG") or None)
+    params = params or {}
+    if params.get("window_days"):
+        cfg = dataclasses.replace(cfg, window_days=int(params["window_days"]))
+    if params.get("kfp_mode"):
+        cfg = dataclasses.replace(cfg, kfp=dataclasses.replace(cfg.kfp, mode=params["kfp_mode"]))
+    return cfg
+
+
+def partition_ready(ds: str, ws: Workspace | None = None) -> bool:
+    """Both tables of the day have landed (partitions are written atomically: present = complete)."""
+    from hap.contract import partition_dir
+
+    ws = ws or Workspace.from_env()
+    return all((partition_dir(ws.data, t, ds) / "part-0.parquet").exists() for t in ("requests", "candidates"))
 
 
 def server_for(ws: Workspace):
@@ -59,7 +75,14 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) ->
     registry = Registry(ws)
     prod = registry.production()
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
-    out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+    if cfg.kfp.mode == "cluster":
+        from components.pipeline import run_cluster
+
+        out = run_cluster(cfg.kfp, str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+    elif cfg.kfp.mode == "local":
+        out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+    else:
+        raise ValueError(f"kfp mode must be 'local' or 'cluster', got {cfg.kfp.mode!r}")
     evaluation_path = Path(out["run_dir"]) / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text())
     evaluation["production_version"] = prod["version"] if prod else None
@@ -88,8 +111,50 @@ def package(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) 
     return version
 
 
+def promotion(
+    ds: str, version: str, ws: Workspace | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Whether the gated version of ``ds`` may replace production; recorded in ``promotion.json``.
+
+    A backfill (``ds`` older than the data production was trained on) never demotes the newer
+    model: it keeps its evaluation and version and stops here, unless ``force_deploy`` with a reason.
+    """
+    ws, params = ws or Workspace.from_env(), params or {}
+    registry = Registry(ws)
+    prod = registry.production()
+    prod_ds = next((m["ds"] for m in registry.versions() if prod and m["version"] == prod["version"]), None)
+    force, reason = bool(params.get("force_deploy")), str(params.get("force_reason") or "").strip()
+    if force and not reason:
+        raise ValueError("force_deploy needs a force_reason (it is recorded with the deploy)")
+    if params.get("skip_deploy"):
+        decision = {"deploy": False, "reason": "skip_deploy was set for this run"}
+    elif force:
+        decision = {"deploy": True, "reason": f"forced: {reason}", "forced": True}
+    elif prod_ds and prod_ds > ds:
+        decision = {
+            "deploy": False,
+            "reason": f"backfill: production {prod['version']} was trained on newer data (ds={prod_ds})",
+        }
+    else:
+        decision = {"deploy": True, "reason": "newest gated model"}
+    decision.update(ds=ds, version=version, production=prod["version"] if prod else None)
+    write_json_atomic(ws.run_dir(ds) / "promotion.json", decision)
+    log.info("promotion ds=%s %s: %s", ds, version, decision["reason"])
+    return decision
+
+
 def deploy(ds: str, version: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
     from serving.deploy import deploy as deploy_version
 
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
-    return deploy_version(ws, version, cfg, server_for(ws), smoke_ds=ds)
+    promotion_file = ws.run_dir(ds) / "promotion.json"
+    why = json.loads(promotion_file.read_text())["reason"] if promotion_file.exists() else "daily deploy"
+    return deploy_version(ws, version, cfg, server_for(ws), smoke_ds=ds, reason=f"{why} (ds={ds})")
+
+
+def rollback(reason: str, ws: Workspace | None = None) -> dict[str, Any]:
+    """Make the previous production version the default again, in TorchServe and the registry."""
+    from serving.deploy import rollback as rollback_version
+
+    ws = ws or Workspace.from_env()
+    return rollback_version(ws, server_for(ws), reason)

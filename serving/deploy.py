@@ -90,7 +90,9 @@ def ensure_serving(ws: Workspace, server: LocalTorchServe) -> str | None:
     return version
 
 
-def deploy(ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe, smoke_ds: str) -> dict[str, Any]:
+def deploy(
+    ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe, smoke_ds: str, reason: str = ""
+) -> dict[str, Any]:
     """Register → golden smoke → set default. Any failure unregisters the new version: the model
     that was serving keeps serving."""
     registry = Registry(ws)
@@ -112,7 +114,7 @@ def deploy(ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe,
             server.unregister(version)
         raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
     server.set_default(version)
-    pointer = registry.set_production(version, reason=f"daily deploy ds={smoke_ds}")
+    pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")
     log.info("deployed %s (previous %s)", version, previous)
     return {"version": version, "previous": previous, "production": pointer, "archive": str(mar)}
 

@@ -16,6 +16,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["HAP_RETRY_DELAY_S"] = "1"  # a failing task must not wait out a 5-minute retry delay
+os.environ["HAP_SENSOR_POKE_S"] = "2"  # the partition sensor re-checks every 2 s in tests
 
 
 def _free_port_block(n: int) -> int:
@@ -42,6 +43,12 @@ def _free_port_block(n: int) -> int:
 
 
 os.environ["HAP_SERVE_PORT"] = str(_free_port_block(5))
+
+
+@pytest.fixture
+def free_port_block():
+    """A function giving a base port with ``n`` consecutive free ports on 127.0.0.1."""
+    return _free_port_block
 
 
 @pytest.fixture(scope="session")

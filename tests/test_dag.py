@@ -1,34 +1,81 @@
-"""DAG policy: parses without errors, wires the flow, imports nothing heavy at parse time."""
+"""DAG policy: every DAG parses without errors and quickly, imports nothing heavy at parse time,
+and carries tags, an owner, retries, timeouts, docs and validated params."""
 
+import copy
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 DAGS = Path(__file__).resolve().parents[1] / "dags"
+DAG_FILES = sorted(DAGS.glob("*.py"))
 
 
-def test_dag_bag_imports_without_errors():
+@pytest.fixture(scope="module")
+def bag():
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
     assert not bag.import_errors, bag.import_errors
-    dag = bag.dags.get("hap_daily")
-    assert dag is not None and dag.max_active_runs == 1
-    assert {t.task_id for t in dag.tasks} == {"validate", "train", "gate", "package", "deploy"}
-    assert dag.get_task("train").upstream_task_ids == {"validate"}
+    return bag
+
+
+def test_every_dag_meets_the_policy(bag):
+    assert set(bag.dags) == {"hap_daily", "hap_rollback"}
+    for dag in bag.dags.values():
+        assert dag.tags and "hap" in dag.tags, dag.dag_id
+        assert dag.doc_md and "runbook" in dag.doc_md.lower(), dag.dag_id
+        assert dag.max_active_runs == 1, dag.dag_id
+        for t in dag.tasks:
+            assert t.owner == "recsys-preranking", (dag.dag_id, t.task_id)
+            assert t.execution_timeout is not None, (dag.dag_id, t.task_id)
+            assert t.retries is not None, (dag.dag_id, t.task_id)
+
+
+def test_daily_dag_wiring_retries_and_alerts(bag):
+    dag = bag.dags["hap_daily"]
+    order = ["wait_for_partition", "validate", "train", "gate", "package", "promote", "deploy"]
+    assert {t.task_id for t in dag.tasks} == set(order)
+    assert dag.get_task("validate").upstream_task_ids == {"wait_for_partition"}
     assert dag.get_task("package").upstream_task_ids == {"gate"}
-    assert dag.get_task("deploy").upstream_task_ids == {"package"}
-    assert dag.get_task("validate").retries == 0
-    assert all(t.owner == "recsys-preranking" for t in dag.tasks)
+    assert dag.get_task("deploy").upstream_task_ids == {"package", "promote"}
+    assert dag.get_task("validate").retries == 0  # bad data is not transient
+    train = dag.get_task("train")
+    assert train.retries >= 2 and train.retry_exponential_backoff
+    assert all(t.on_failure_callback for t in dag.tasks)
+    sensor = dag.get_task("wait_for_partition")
+    assert sensor.mode == "reschedule" and sensor.timeout > 0
 
 
-def test_dag_file_has_no_heavy_top_level_imports():
+def test_daily_dag_params_are_validated(bag):
+    dag = bag.dags["hap_daily"]
+    assert set(dag.params) == {"window_days", "skip_deploy", "force_deploy", "force_reason", "kfp_mode"}
+    ok = copy.deepcopy(dag.params)
+    ok.update({"window_days": 7, "kfp_mode": "cluster"})
+    ok.validate()
+    for bad in ({"window_days": 0}, {"window_days": "three"}, {"kfp_mode": "spark"}, {"skip_deploy": "yes"}):
+        params = copy.deepcopy(dag.params)
+        with pytest.raises(Exception):  # noqa: B017 - Airflow raises ParamValidationError
+            params.update(bad)
+            params.validate()
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_parses_fast_without_heavy_imports(dag_file):
     code = (
-        "import importlib.util, json, sys;"
-        f"s = importlib.util.spec_from_file_location('d', {str(DAGS / 'hap_daily.py')!r});"
-        "m = importlib.util.module_from_spec(s); s.loader.exec_module(m);"
-        "print(json.dumps([k for k in ('torch', 'great_expectations', 'pandas', 'kfp') if k in sys.modules]))"
+        "import importlib.util, json, sys, time;"
+        f"s = importlib.util.spec_from_file_location('d', {str(dag_file)!r});"
+        "m = importlib.util.module_from_spec(s); t = time.perf_counter(); s.loader.exec_module(m);"
+        "dt = time.perf_counter() - t;"
+        "print(json.dumps([[k for k in ('torch', 'great_expectations', 'pandas', 'kfp', 'hap.flow')"
+        " if k in sys.modules], dt]))"
     )
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    heavy, parse_s = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    assert parse_s < 2.0, f"{dag_file.name} took {parse_s:.2f}s to parse (airflow import excluded)"
+    assert time.perf_counter() - start < 60

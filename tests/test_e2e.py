@@ -44,8 +44,8 @@ def server(ws):
 def test_daily_run_validates_trains_gates_and_serves(ws, server):
     states = run_day(FIRST, ws)
     assert states == {
-        "validate": "success", "train": "success", "gate": "success", "package": "success",
-        "deploy": "success", "dag_run": "success",
+        "wait_for_partition": "success", "validate": "success", "train": "success", "gate": "success",
+        "package": "success", "promote": "success", "deploy": "success", "dag_run": "success",
     }  # fmt: skip
     version = Registry(ws).production()["version"]
     assert version == "20261122.1"
@@ -121,7 +121,8 @@ def test_gate_failure_skips_package_and_deploy(ws, server, tmp_path, monkeypatch
     strict.write_text("metrics:\n  light.auc.overall: {floor: 0.999, max_drop: 0.0, min_examples: 1}\n")
     monkeypatch.setenv("HAP_GATE_POLICY", str(strict))
     states = run_day(GATE_FAIL, ws)
-    assert states["gate"] == "success" and states["package"] == "skipped" and states["deploy"] == "skipped"
+    assert states["gate"] == "success"
+    assert states["package"] == states["promote"] == states["deploy"] == "skipped"
     decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
     assert not decision["passed"] and "light.auc.overall" in decision["reason"]
     assert Registry(ws).production()["version"] == "20261122.1"
@@ -136,7 +137,7 @@ def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server):
                                                                    pa.array(click, pa.int8())))  # fmt: skip
     states = run_day(CORRUPT, ws)
     assert states["validate"] == "failed" and states["dag_run"] == "failed"
-    assert all(states[t] == "upstream_failed" for t in ("train", "gate", "package", "deploy"))
+    assert all(states[t] == "upstream_failed" for t in ("train", "gate", "package", "promote", "deploy"))
     assert ws.validation_status(CORRUPT) == "quarantined"
     assert (partition_dir(ws.data, "candidates", CORRUPT) / "part-0.parquet").exists()
     assert not ws.run_dir(CORRUPT).exists()

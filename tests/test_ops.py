@@ -1,0 +1,103 @@
+"""On-call operations through the real daily DAG (``dag.test()``), KFP runner, GX and TorchServe:
+a backfill never demotes a newer model, forcing needs a reason, skip_deploy, a late partition is
+waited for, and failures leave an alert naming the runbook."""
+
+import json
+import os
+import shutil
+import threading
+
+import pytest
+
+from hap.airflow_local import run_day
+from hap.config import SimConfig
+from hap.contract import partition_dir
+from hap.registry import Registry
+from hap.simulator import CascadeSimulator
+from hap.workspace import Workspace
+from serving.server import LocalTorchServe
+
+pytestmark = pytest.mark.slow
+
+OLD, NEW, LATE = "2026-11-21", "2026-11-22", "2026-11-23"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("ops"))
+    CascadeSimulator(SimConfig(n_users=2000, n_items=8000)).write_days(ws.data, "2026-11-20", 4, 1000)
+    old = os.environ.get("HAP_HOME")
+    yield ws
+    LocalTorchServe(ws.serving).stop()
+    if old is None:
+        os.environ.pop("HAP_HOME", None)
+    else:
+        os.environ["HAP_HOME"] = old
+
+
+@pytest.fixture
+def lenient_gate(tmp_path, monkeypatch):
+    """These tests are about promotion order, not the gate (tested in test_gate.py / test_e2e.py)."""
+    policy = tmp_path / "lenient.yaml"
+    policy.write_text("metrics:\n  light.auc.overall: {floor: 0.6, max_drop: 1.0, min_examples: 1}\n")
+    monkeypatch.setenv("HAP_GATE_POLICY", str(policy))
+
+
+def test_a_backfill_never_demotes_a_model_trained_on_newer_data(ws, lenient_gate):
+    assert run_day(NEW, ws)["deploy"] == "success"
+    newer = Registry(ws).production()["version"]
+    states = run_day(OLD, ws, conf={"window_days": 2})
+    assert states["package"] == "success" and states["promote"] == "success"
+    assert states["deploy"] == "skipped" and states["dag_run"] == "success"
+    promotion = json.loads((ws.run_dir(OLD) / "promotion.json").read_text())
+    assert not promotion["deploy"] and "newer data" in promotion["reason"]
+    assert json.loads((ws.run_dir(OLD) / "evaluation.json").read_text())["holdout"]["days"] == ["2026-11-20", OLD]
+    assert Registry(ws).production()["version"] == newer  # evaluation and version kept, not deployed
+    assert "20261121.1" in [m["version"] for m in Registry(ws).versions()]
+    assert LocalTorchServe(ws.serving).default_version() == newer
+
+
+def test_forcing_a_backfill_needs_a_reason_and_records_it(ws, lenient_gate):
+    states = run_day(OLD, ws, conf={"window_days": 2, "force_deploy": True})
+    assert states["promote"] == "failed" and states["deploy"] == "upstream_failed"
+    alerts = (ws.root / "alerts" / "alerts.jsonl").read_text().splitlines()
+    last = json.loads(alerts[-1])
+    assert last["task_id"] == "promote" and "force_reason" in last["error"] and "runbook" in last["hint"]
+
+    reason = "on-call: 11-22 logs were replayed twice"
+    states = run_day(OLD, ws, conf={"window_days": 2, "force_deploy": True, "force_reason": reason})
+    assert states["deploy"] == "success"
+    pointer = Registry(ws).production()
+    assert pointer["version"] == "20261121.1" and reason in pointer["reason"]
+    assert LocalTorchServe(ws.serving).default_version() == "20261121.1"
+
+
+def test_skip_deploy_trains_gates_and_packages_only(ws, lenient_gate):
+    before = Registry(ws).production()["version"]
+    states = run_day(NEW, ws, conf={"skip_deploy": True})
+    assert states["package"] == "success" and states["deploy"] == "skipped"
+    assert json.loads((ws.run_dir(NEW) / "promotion.json").read_text())["reason"].startswith("skip_deploy")
+    assert Registry(ws).production()["version"] == before
+
+
+def test_a_late_partition_is_waited_for(ws, lenient_gate, tmp_path):
+    aside = {}
+    for table in ("requests", "candidates"):
+        aside[table] = tmp_path / table
+        shutil.move(partition_dir(ws.data, table, LATE), aside[table])
+
+    def land() -> None:  # the day's logs arrive after the run has started
+        for table, src in aside.items():
+            dest = partition_dir(ws.data, table, LATE)
+            shutil.copytree(src, dest.with_name(dest.name + ".tmp"))
+            os.replace(dest.with_name(dest.name + ".tmp"), dest)
+
+    timer = threading.Timer(8.0, land)
+    timer.start()
+    try:
+        states = run_day(LATE, ws, conf={"skip_deploy": True})
+    finally:
+        timer.join()
+    assert states["wait_for_partition"] == "success" and states["validate"] == "success"
+    assert states["dag_run"] == "success"
+    assert ws.validation_status(LATE) == "passed"
