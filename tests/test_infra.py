@@ -16,6 +16,15 @@ def _properties(path: Path) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in lines if ln and not ln.startswith("#"))
 
 
+def _dockerfile(image: str) -> str:
+    """The image definition's text, after checking that everything it COPYs exists in the repo."""
+    text = (INFRA / image / "Dockerfile").read_text()
+    for sources in re.findall(r"^COPY\s+(.+)\s+\S+$", text, re.M):
+        for src in sources.split():
+            assert (ROOT / src).exists(), f"infra/{image}/Dockerfile copies missing {src}"
+    return text
+
+
 def _k8s_objects(path: Path) -> list:
     """Deserialize each document into its kubernetes.client model: required fields and types checked."""
     from kubernetes.client import ApiClient
@@ -54,10 +63,7 @@ def test_container_config_keeps_secure_defaults_and_the_local_settings(props, tm
 
 
 def test_dockerfile_copies_what_exists_and_exposes_the_configured_ports(props):
-    dockerfile = (INFRA / "torchserve" / "Dockerfile").read_text()
-    for src in re.findall(r"^COPY\s+(.+)\s+\S+$", dockerfile, re.M):
-        for s in src.split():
-            assert (ROOT / s).exists(), f"Dockerfile copies missing {s}"
+    dockerfile = _dockerfile("torchserve")
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()}
     ports = {_port(props[k]) for k in ("inference_address", "management_address", "metrics_address")}
     ports |= {int(props["grpc_inference_port"]), int(props["grpc_management_port"])}
@@ -104,3 +110,20 @@ def test_kserve_inference_service_uses_the_torchserve_runtime():
     assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v1"
     assert re.match(r"^(s3|gs|pvc)://", model["storageUri"])
     assert model["resources"]["limits"] and isvc["spec"]["predictor"]["minReplicas"] >= 2
+
+
+def test_airflow_compose_uses_postgres_keeps_secrets_out_and_binds_loopback():
+    compose = yaml.safe_load((INFRA / "airflow" / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer"} <= set(services)
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    text = (INFRA / "airflow" / "docker-compose.yaml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_JWT_SECRET"):
+        assert f"${{{secret}:?" in text  # required from the environment, no default in the file
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    dockerfile = _dockerfile("airflow")
+    assert "-r requirements.lock" in dockerfile and "COPY dags ./dags" in dockerfile
