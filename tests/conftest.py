@@ -3,6 +3,7 @@
 Airflow reads ``AIRFLOW_HOME`` when first imported, so it is set here, before any test imports it.
 """
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -132,3 +133,38 @@ def _bad_request_cases(body: dict, routing) -> list[tuple[str, object, str, str]
 @pytest.fixture(scope="session")
 def bad_requests():
     return _bad_request_cases
+
+
+@contextlib.contextmanager
+def _simulated_workspace(root: Path, start: str, days: int):
+    """A workspace with ``days`` simulated days (1,000 requests each) from ``start``. Afterwards its
+    TorchServe is stopped and ``HAP_HOME`` restored (``run_day`` points it at the workspace)."""
+    from hap.config import SimConfig
+    from hap.simulator import CascadeSimulator
+    from hap.workspace import Workspace
+    from serving.server import LocalTorchServe
+
+    ws = Workspace(root)
+    CascadeSimulator(SimConfig(n_users=2000, n_items=8000)).write_days(ws.data, start, days, 1000)
+    old = os.environ.get("HAP_HOME")
+    try:
+        yield ws
+    finally:
+        LocalTorchServe(ws.serving).stop()
+        if old is None:
+            os.environ.pop("HAP_HOME", None)
+        else:
+            os.environ["HAP_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def simulated_workspace():
+    return _simulated_workspace
+
+
+@pytest.fixture
+def lenient_policy(tmp_path) -> Path:
+    """A floors-only gate policy, for tests about scheduling and promotion rather than the gate."""
+    policy = tmp_path / "lenient.yaml"
+    policy.write_text("metrics:\n  light.auc.overall: {floor: 0.6, max_drop: 1.0, min_examples: 1}\n")
+    return policy

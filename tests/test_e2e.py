@@ -2,18 +2,14 @@
 Expectations and a real ``torchserve`` on 127.0.0.1 with token auth."""
 
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from hap.airflow_local import run_day
-from hap.config import SimConfig
 from hap.contract import partition_dir, read_partition, write_partition
 from hap.registry import Registry
-from hap.simulator import CascadeSimulator
-from hap.workspace import Workspace
 from serving.archive import MODEL_NAME
 from serving.deploy import sample_request
 from serving.server import LocalTorchServe
@@ -24,16 +20,9 @@ FIRST, GATE_FAIL, CORRUPT = "2026-11-22", "2026-11-23", "2026-11-24"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("e2e"))
-    CascadeSimulator(SimConfig(n_users=2000, n_items=8000)).write_days(ws.data, "2026-11-20", 5, 1000)
-    old = os.environ.get("HAP_HOME")
-    yield ws
-    LocalTorchServe(ws.serving).stop()
-    if old is None:
-        os.environ.pop("HAP_HOME", None)
-    else:
-        os.environ["HAP_HOME"] = old
+def ws(tmp_path_factory, simulated_workspace):
+    with simulated_workspace(tmp_path_factory.mktemp("e2e"), "2026-11-20", 5) as ws:
+        yield ws
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +153,12 @@ def test_a_version_that_cannot_load_is_unregistered_and_serving_is_unchanged(ws,
     shutil.rmtree(broken)
 
 
-def test_second_day_deploys_then_rollback_restores_the_previous_version(ws, server, tmp_path, monkeypatch):
+def test_second_day_deploys_then_rollback_restores_the_previous_version(ws, server, lenient_policy, monkeypatch):
     from hap.cli import main
 
     # This test is about rollback, not the gate (tested above and in test_gate.py): a floors-only
     # policy keeps it independent of how close the second day's model lands to production.
-    lenient = tmp_path / "lenient.yaml"
-    lenient.write_text("metrics:\n  light.auc.overall: {floor: 0.6, max_drop: 1.0, min_examples: 1}\n")
-    monkeypatch.setenv("HAP_GATE_POLICY", str(lenient))
+    monkeypatch.setenv("HAP_GATE_POLICY", str(lenient_policy))
     assert run_day(GATE_FAIL, ws)["deploy"] == "success"
     new = Registry(ws).production()
     assert new["version"] == "20261123.1" and new["previous"] == "20261122.1"

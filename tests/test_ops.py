@@ -10,11 +10,8 @@ import threading
 import pytest
 
 from hap.airflow_local import run_day
-from hap.config import SimConfig
 from hap.contract import partition_dir
 from hap.registry import Registry
-from hap.simulator import CascadeSimulator
-from hap.workspace import Workspace
 from serving.server import LocalTorchServe
 
 pytestmark = pytest.mark.slow
@@ -23,24 +20,15 @@ OLD, NEW, LATE = "2026-11-21", "2026-11-22", "2026-11-23"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("ops"))
-    CascadeSimulator(SimConfig(n_users=2000, n_items=8000)).write_days(ws.data, "2026-11-20", 4, 1000)
-    old = os.environ.get("HAP_HOME")
-    yield ws
-    LocalTorchServe(ws.serving).stop()
-    if old is None:
-        os.environ.pop("HAP_HOME", None)
-    else:
-        os.environ["HAP_HOME"] = old
+def ws(tmp_path_factory, simulated_workspace):
+    with simulated_workspace(tmp_path_factory.mktemp("ops"), "2026-11-20", 4) as ws:
+        yield ws
 
 
 @pytest.fixture
-def lenient_gate(tmp_path, monkeypatch):
+def lenient_gate(lenient_policy, monkeypatch):
     """These tests are about promotion order, not the gate (tested in test_gate.py / test_e2e.py)."""
-    policy = tmp_path / "lenient.yaml"
-    policy.write_text("metrics:\n  light.auc.overall: {floor: 0.6, max_drop: 1.0, min_examples: 1}\n")
-    monkeypatch.setenv("HAP_GATE_POLICY", str(policy))
+    monkeypatch.setenv("HAP_GATE_POLICY", str(lenient_policy))
 
 
 def test_a_backfill_never_demotes_a_model_trained_on_newer_data(ws, lenient_gate):
