@@ -13,7 +13,7 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-IMAGE = os.environ.get("HAP_TRAINING_IMAGE", "hap-preranking:0.1.0")
+IMAGE = os.environ.get("HAP_TRAINING_IMAGE", "hap-training:0.1.0")  # infra/training/Dockerfile
 COMPILED = Path(__file__).with_name("pipeline.yaml")
 
 
@@ -27,8 +27,8 @@ def prepare_op(workspace_root: str, ds: str, config_json: str, prepared: Output[
 
 @dsl.component(base_image=IMAGE)
 def train_light_op(prepared: Input[Dataset], config_json: str, model: Output[Model]):
+    from components.launch import train
     from hap.config import HapConfig
-    from models.steps import train
 
     history = train(prepared.path, "light", HapConfig.from_json(config_json), model.path)
     model.metadata["train_seconds"] = history["seconds"]
@@ -36,8 +36,8 @@ def train_light_op(prepared: Input[Dataset], config_json: str, model: Output[Mod
 
 @dsl.component(base_image=IMAGE)
 def train_expressive_op(prepared: Input[Dataset], config_json: str, model: Output[Model]):
+    from components.launch import train
     from hap.config import HapConfig
-    from models.steps import train
 
     history = train(prepared.path, "expressive", HapConfig.from_json(config_json), model.path)
     model.metadata["train_seconds"] = history["seconds"]

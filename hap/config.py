@@ -82,6 +82,30 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     monitor_every: int = 25  # gradient-conflict monitor period in steps; 0 turns it off
+    device: str = "auto"  # auto: this worker's GPU when there is one, else cpu
+    shard_requests: int = 2048  # requests per streamed shard: bounds training memory whatever the day's size
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Where each model trains. ``local``: in the KFP component's process (``processes == 1``) or
+    as ``processes`` DDP ranks under torchrun on the same machine. ``pytorchjob``: a Kubeflow
+    PyTorchJob (Training Operator) of ``workers`` pods × ``nproc_per_node`` ranks running the same
+    entry point, reading and writing the workspace volume ``workspace_pvc``."""
+
+    launcher: str = "local"  # local | pytorchjob
+    processes: int = 1
+    max_restarts: int = 2  # torchrun restarts the group this often after a worker dies
+    workers: int = 2
+    nproc_per_node: int = 1
+    namespace: str = "kubeflow"
+    image: str = "hap-training:0.1.0"
+    workspace_pvc: str = "hap-workspace"
+    workspace_mount: str = "/workspace"
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpus_per_worker: int = 0
+    timeout_s: int = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,7 @@ class EvalConfig:
     m: int = 6
     flops_candidates: int = 1000  # N for FLOPs/request (serving scale; K from the routing config)
     bootstrap: int = 100  # paired bootstrap resamples of held-out requests for the gate's intervals
+    max_holdout_requests: int = 20_000  # evaluation reads at most this many held-out requests
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,7 @@ class HapConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     kfp: KfpConfig = field(default_factory=KfpConfig)
+    job: TrainJobConfig = field(default_factory=TrainJobConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,8 @@ from hap.features import DEFAULT_SPEC, FeatureSpec
 LABEL_COLUMNS: tuple[str, ...] = ("click", "like", "comment", "dwell_ms")
 POSITION_COLUMNS: tuple[str, ...] = ("retrieval_pos", "prerank_pos", "rank_pos")
 TABLES: tuple[str, ...] = ("requests", "candidates")
+# Row groups are the unit a reader decodes at once: bounded groups keep streaming readers bounded.
+ROW_GROUP_ROWS = 65_536
 
 _ARROW_TYPES = {
     "int64": pa.int64(),
@@ -63,7 +65,7 @@ def write_partition(root: str | Path, table: str, ds: str, data: pa.Table) -> Pa
     if tmp.exists():
         _rmtree(tmp)
     tmp.mkdir(parents=True)
-    pq.write_table(data, tmp / "part-0.parquet")
+    pq.write_table(data, tmp / "part-0.parquet", row_group_size=ROW_GROUP_ROWS)
     if out.exists():
         old = out.with_name(out.name + ".old")
         os.replace(out, old)

@@ -34,6 +34,9 @@ class Batch:
     def n_requests(self) -> int:
         return self.user_x.shape[0]
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
 
 @dataclass
 class EncodedData:
@@ -87,14 +90,16 @@ class EncodedData:
         )
 
     def batch(self, idx: np.ndarray) -> Batch:
-        sub = self.select_requests(idx)
+        return self.select_requests(idx).to_batch()
+
+    def to_batch(self) -> Batch:
         return Batch(
-            torch.from_numpy(sub.user_x),
-            torch.from_numpy(sub.seq),
-            torch.from_numpy(sub.item_x),
-            torch.from_numpy(sub.req),
-            torch.from_numpy(sub.source),
-            torch.from_numpy(sub.label),
+            torch.from_numpy(self.user_x),
+            torch.from_numpy(self.seq),
+            torch.from_numpy(self.item_x),
+            torch.from_numpy(self.req),
+            torch.from_numpy(self.source),
+            torch.from_numpy(self.label),
         )
 
     def batches(self, batch_requests: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
@@ -102,13 +107,11 @@ class EncodedData:
         for start in range(0, self.n_requests, batch_requests):
             yield self.batch(order[start : start + batch_requests])
 
-    def save(self, path: str | Path) -> None:
-        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> EncodedData:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(**{f.name: z[f.name] for f in fields(cls)})
+    def epoch(self, epoch: int, batch_requests: int, rank: int = 0, world: int = 1, seed: int = 0) -> Iterator[Batch]:
+        """One epoch in a (seed, epoch)-determined order: the in-memory twin of ``ShardStream.epoch``."""
+        if world != 1:
+            raise ValueError("in-memory data trains in one process; stream shards (models.stream) for DDP")
+        return self.batches(batch_requests, np.random.default_rng([seed, epoch]))
 
     @classmethod
     def concat(cls, parts: Sequence[EncodedData]) -> EncodedData:

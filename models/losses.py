@@ -53,7 +53,7 @@ def hap_loss(
     terms = F.softplus(torch.where(has_neg, lse_pos, torch.zeros_like(lse_pos)) - z[pos].unsqueeze(1))
     terms = terms * has_neg  # (P, S)
     if cfg.mode == "ghcl":
-        weights = torch.tensor([cfg.source_weights.get(s, 0.0) for s in SOURCES], dtype=z.dtype)
+        weights = torch.tensor([cfg.source_weights.get(s, 0.0) for s in SOURCES], dtype=z.dtype, device=z.device)
         for i, s in enumerate(SOURCES):
             parts[f"nce_{s}"] = terms[:, i].sum() / n_pos
         contrastive = (terms * weights).sum() / n_pos

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
-
-import numpy as np
 
 from hap.config import HapConfig
 from hap.features import DEFAULT_SPEC
 from hap.workspace import Workspace, window_days, write_json_atomic
-from models.data import EncodedData, holdout_mask, load_day
+from models.stream import read_shards, shard_files
 
 log = logging.getLogger(__name__)
 
-TRAIN_FILE, HOLDOUT_FILE, MANIFEST_FILE = "train.npz", "holdout.npz", "manifest.json"
+TRAIN_DIR, HOLDOUT_DIR, MANIFEST_FILE = "train", "holdout", "manifest.json"
 
 
 class NotTrainable(RuntimeError):
@@ -27,38 +26,40 @@ class NotTrainable(RuntimeError):
 
 
 def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
-    """Encode the training window ending at ``ds``; hold out a hash-split of ``ds``'s requests.
+    """Stream the training window ending at ``ds`` into encoded request shards (``train/``) and
+    hold out a hash-split of ``ds``'s requests (``holdout/``), one bounded bucket at a time.
 
     Only days whose validation verdict is "passed" are read: quarantined days are never trained on.
     """
+    from models.stream import write_day_shards
+
     ws = Workspace.from_env(workspace_root)
     if ws.validation_status(ds) != "passed":
         raise NotTrainable(f"ds={ds} has no passing validation verdict ({ws.validation_status(ds)}); not training")
-    used, skipped = [], {}
-    parts = []
+    out = Path(out_dir)
+    for sub in (TRAIN_DIR, HOLDOUT_DIR):  # a rerun into the same folder replaces, never appends
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    used, skipped, days = [], {}, []
     for day in window_days(ds, cfg.window_days):
         status = ws.validation_status(day)
         if status != "passed":
             skipped[day] = status or "not validated"
             continue
-        parts.append(load_day(ws.data, day, DEFAULT_SPEC, cfg.label))
+        holdout = (out / HOLDOUT_DIR, cfg.eval.holdout_fraction) if day == ds else None
+        days.append(
+            write_day_shards(ws.data, day, DEFAULT_SPEC, cfg.label, out / TRAIN_DIR, cfg.train.shard_requests, holdout)
+        )
         used.append(day)
-    last = parts[-1]
-    held = holdout_mask(last.request_ids, cfg.eval.holdout_fraction)
-    train = EncodedData.concat(parts[:-1] + [last.select_requests(np.flatnonzero(~held))])
-    holdout = last.select_requests(np.flatnonzero(held))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train.save(out / TRAIN_FILE)
-    holdout.save(out / HOLDOUT_FILE)
     manifest = {
         "ds": ds,
         "days": used,
         "skipped_days": skipped,
-        "train_requests": train.n_requests,
-        "train_samples": int(len(train.label)),
-        "holdout_requests": holdout.n_requests,
-        "holdout_samples": int(len(holdout.label)),
+        "train_requests": sum(d.requests for d in days),
+        "train_samples": sum(d.samples for d in days),
+        "train_shards": len(shard_files(out / TRAIN_DIR)),
+        "holdout_requests": days[-1].holdout_requests,
+        "holdout_samples": days[-1].holdout_samples,
     }
     write_json_atomic(out / MANIFEST_FILE, manifest)
     if skipped:
@@ -66,16 +67,27 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     return manifest
 
 
-def train(prepared_dir: str, which: str, cfg: HapConfig, out_dir: str) -> dict:
-    """Train ``which`` ∈ {"light", "expressive"} on the prepared window and save it to ``out_dir``."""
+def train_worker(prepared_dir: str, which: str, cfg: HapConfig, out_dir: str, checkpoint: str | None = None) -> dict:
+    """Train ``which`` ∈ {"light", "expressive"} on the prepared shards, streamed. One rank of a DDP
+    job under torchrun, or the whole job when run alone. Rank 0 saves the model to ``out_dir``."""
+    from models import distributed
     from models.nets import save_model
+    from models.stream import ShardStream
     from models.train import train_expressive, train_light
 
-    data = EncodedData.load(Path(prepared_dir) / TRAIN_FILE)
-    fit = {"light": train_light, "expressive": train_expressive}[which]
-    model, history = fit(data, cfg, DEFAULT_SPEC)
-    save_model(model, out_dir)
-    write_json_atomic(Path(out_dir) / "history.json", history)
+    ctx = distributed.init(cfg.train.device)
+    try:
+        data = ShardStream(shard_files(Path(prepared_dir) / TRAIN_DIR))
+        fit = {"light": train_light, "expressive": train_expressive}[which]
+        ckpt = Path(checkpoint) if checkpoint else Path(str(Path(out_dir)) + ".ckpt")
+        model, history = fit(data, cfg, DEFAULT_SPEC, ctx=ctx, checkpoint=ckpt)
+        if ctx.is_main:
+            save_model(model.cpu(), out_dir)
+            write_json_atomic(Path(out_dir) / "history.json", history)
+            ckpt.unlink(missing_ok=True)  # the model is written: a later run starts fresh
+        distributed.barrier(ctx)
+    finally:
+        distributed.shutdown(ctx)
     return history
 
 
@@ -86,7 +98,7 @@ def evaluate(
     from models.metrics import evaluate_pair, flops_per_request, paired_bootstrap
     from models.nets import load_model
 
-    holdout = EncodedData.load(Path(prepared_dir) / HOLDOUT_FILE)
+    holdout = read_shards(shard_files(Path(prepared_dir) / HOLDOUT_DIR), cfg.eval.max_holdout_requests)
     k, m = cfg.eval.k, cfg.eval.m
     light, expressive = load_model(light_dir), load_model(expressive_dir)
     result = {

@@ -1,0 +1,261 @@
+"""Streaming training data: a day's logs become request-major Parquet shards, read back as an
+iterable of request batches with memory bounded by one shard, whatever the size of the day.
+
+Writing (``write_day_shards``) never holds a whole day: pass 1 scans both contract tables in record
+batches and spills every row to a hash bucket of its ``request_id`` (so a request and its candidates
+meet in one bucket); pass 2 joins and encodes one bucket at a time and writes it as one shard.
+
+A shard has one row per request: the user side once, the candidates as list columns. Reading
+(``ShardStream``) shuffles shards per epoch, assigns them to ranks (DDP) by size, shuffles requests
+inside a shard and cuts batches of whole requests.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from hap.contract import partition_dir
+from hap.features import FeatureSpec
+from models.data import Batch, EncodedData, encode_tables, holdout_mask
+
+SCAN_ROWS = 65_536  # rows per scanned record batch in pass 1
+# pre_buffer would coalesce the reads of many row groups ahead of the scan: off, to stay bounded
+SCAN_FORMAT = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
+HOLDOUT_BUCKETS = 10_000  # holdout_mask keys on crc32(request_id) % 10_000; buckets use the quotient
+
+
+def request_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """crc32 of each request id (stable across runs and machines), hashing each distinct id once."""
+    enc = pc.dictionary_encode(ids).combine_chunks() if isinstance(ids, pa.ChunkedArray) else pc.dictionary_encode(ids)
+    uniq = np.fromiter((zlib.crc32(s.encode()) for s in enc.dictionary.to_pylist()), np.int64, len(enc.dictionary))
+    return uniq[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def bucket_of(h: np.ndarray, n_buckets: int) -> np.ndarray:
+    return ((h // HOLDOUT_BUCKETS) % n_buckets).astype(np.int32)
+
+
+# ---- encoded shards: one row per request, candidates as list columns ----
+
+
+def to_table(data: EncodedData) -> pa.Table:
+    counts = np.diff(data.offsets)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    fi = data.item_x.shape[1]
+    return pa.table(
+        {
+            "request_id": pa.array(data.request_ids, pa.string()),
+            "user_x": pa.FixedSizeListArray.from_arrays(pa.array(data.user_x.ravel()), data.user_x.shape[1]),
+            "seq": pa.FixedSizeListArray.from_arrays(pa.array(data.seq.ravel()), data.seq.shape[1]),
+            "item_x": pa.ListArray.from_arrays(pa.array(offsets.to_numpy() * fi, pa.int32()), data.item_x.ravel()),
+            "source": pa.ListArray.from_arrays(offsets, pa.array(data.source.astype(np.int8))),
+            "label": pa.ListArray.from_arrays(offsets, pa.array(data.label.astype(np.float32))),
+        }
+    )
+
+
+def from_table(table: pa.Table) -> EncodedData:
+    """Back to the CSR layout the models train on (candidates sorted by request)."""
+    n = table.num_rows
+    counts = pc.list_value_length(table["source"]).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def flat(col: str) -> np.ndarray:
+        return pc.list_flatten(table[col]).to_numpy(zero_copy_only=False)
+
+    return EncodedData(
+        request_ids=np.asarray(table["request_id"].to_pylist(), dtype=str),
+        user_x=flat("user_x").astype(np.int64).reshape(n, -1),
+        seq=flat("seq").astype(np.int64).reshape(n, -1),
+        item_x=flat("item_x").astype(np.int64).reshape(int(counts.sum()), -1),
+        req=np.repeat(np.arange(n), counts),
+        source=flat("source").astype(np.int64),
+        label=flat("label").astype(np.float32),
+    )
+
+
+def read_shards(paths: Sequence[str | Path], max_requests: int | None = None) -> EncodedData:
+    """Read whole shards (evaluation's held-out requests), stopping after ``max_requests``."""
+    parts, total = [], 0
+    for path in paths:
+        part = from_table(pq.read_table(path))
+        if max_requests is not None and total + part.n_requests > max_requests:
+            part = part.select_requests(np.arange(max_requests - total))
+        parts.append(part)
+        total += part.n_requests
+        if max_requests is not None and total >= max_requests:
+            break
+    return EncodedData.concat(parts)
+
+
+@dataclass(frozen=True)
+class DayShards:
+    ds: str
+    requests: int
+    samples: int
+    holdout_requests: int
+    holdout_samples: int
+    buckets: int
+
+
+def write_day_shards(
+    root: str | Path,
+    ds: str,
+    spec: FeatureSpec,
+    label: str,
+    out: Path,
+    shard_requests: int,
+    holdout: tuple[Path, float] | None = None,
+) -> DayShards:
+    """Encode one day's partition into shards under ``out/ds=<ds>/`` in bounded memory.
+
+    With ``holdout=(dir, fraction)`` a hash-split of the day's requests goes to ``dir`` instead.
+    """
+    tmp = out / f"_buckets_ds={ds}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    n_requests = pads.dataset(partition_dir(root, "requests", ds), format="parquet").count_rows()
+    n_buckets = max(1, math.ceil(n_requests / shard_requests))
+    for table in ("requests", "candidates"):  # pass 1: spill rows to hash buckets of their request
+        _spill(pads.dataset(partition_dir(root, table, ds), format=SCAN_FORMAT), tmp / table, n_buckets)
+    day_out = out / f"ds={ds}"
+    if day_out.exists():
+        shutil.rmtree(day_out)
+    day_out.mkdir(parents=True)
+    hold_out = None
+    if holdout is not None:
+        hold_out = holdout[0] / f"ds={ds}"
+        if hold_out.exists():
+            shutil.rmtree(hold_out)
+        hold_out.mkdir(parents=True)
+    totals = dict(requests=0, samples=0, holdout_requests=0, holdout_samples=0)
+    for b in range(n_buckets):  # pass 2: one bucket in memory at a time
+        tables = [_read_bucket(tmp / t / f"bucket={b}.parquet") for t in ("requests", "candidates")]
+        if tables[0] is None or tables[1] is None:
+            continue
+        enc = encode_tables(tables[0], tables[1], spec, label)
+        held = np.zeros(enc.n_requests, bool)
+        if holdout is not None:
+            held = holdout_mask(enc.request_ids, holdout[1])
+            part = enc.select_requests(np.flatnonzero(held))
+            if part.n_requests:
+                pq.write_table(to_table(part), hold_out / f"part-{b:05d}.parquet")
+                totals["holdout_requests"] += part.n_requests
+                totals["holdout_samples"] += len(part.label)
+        part = enc.select_requests(np.flatnonzero(~held))
+        if part.n_requests:
+            pq.write_table(to_table(part), day_out / f"part-{b:05d}.parquet")
+            totals["requests"] += part.n_requests
+            totals["samples"] += len(part.label)
+    shutil.rmtree(tmp)
+    return DayShards(ds=ds, buckets=n_buckets, **totals)
+
+
+def _spill(src: pads.Dataset, out: Path, n_buckets: int) -> None:
+    """Scan ``src`` in record batches and append each batch's rows to their bucket's file.
+
+    Every ``write_table`` call writes a row group straight away, so memory holds one scanned batch.
+    """
+    out.mkdir(parents=True)
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for rb in src.to_batches(batch_size=SCAN_ROWS, batch_readahead=1, fragment_readahead=1, use_threads=False):
+            buckets = bucket_of(request_hash(rb.column("request_id")), n_buckets)
+            table = pa.Table.from_batches([rb])
+            for b in np.unique(buckets):
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(out / f"bucket={b}.parquet", src.schema)
+                writers[b].write_table(table.filter(pa.array(buckets == b)))
+    finally:
+        for w in writers.values():
+            w.close()
+
+
+def _read_bucket(path: Path) -> pa.Table | None:
+    return pq.read_table(path) if path.exists() else None
+
+
+def shard_files(directory: str | Path) -> list[Path]:
+    return sorted(Path(directory).glob("ds=*/part-*.parquet"))
+
+
+# ---- reading: an iterable of request batches, sharded per rank ----
+
+
+class ShardStream:
+    """Request batches from encoded shards, one shard in memory at a time.
+
+    Every rank computes the same plan from the shard sizes in the Parquet footers: per epoch the
+    shards are shuffled (seed, epoch) and dealt to ranks by size, so ranks read disjoint data; a
+    rank's batch is ``batch_requests // world`` requests so the global batch stays the configured
+    size; ranks with fewer requests wrap around so that all ranks take the same number of steps
+    (DDP's all-reduce needs that).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], sources: Sequence[str] | None = None) -> None:
+        if not paths:
+            raise FileNotFoundError("no training shards to stream")
+        self.paths = [Path(p) for p in paths]
+        self.sizes = np.array([pq.ParquetFile(p).metadata.num_rows for p in self.paths], dtype=np.int64)
+        self.sources = tuple(sources) if sources else None
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.sizes.sum())
+
+    def filter_sources(self, sources: Sequence[str]) -> ShardStream:
+        """The same stream restricted to candidates of ``sources`` (the expressive model's samples)."""
+        out = ShardStream.__new__(ShardStream)
+        out.paths, out.sizes, out.sources = self.paths, self.sizes, tuple(sources)
+        return out
+
+    def plan(self, epoch: int, world: int, seed: int) -> list[list[int]]:
+        """Shard indices per rank for one epoch (greedy: the next shard goes to the lightest rank)."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.paths))
+        ranks: list[list[int]] = [[] for _ in range(world)]
+        load = np.zeros(world, dtype=np.int64)
+        for s in order:
+            r = int(np.argmin(load))
+            ranks[r].append(int(s))
+            load[r] += self.sizes[s]
+        return ranks
+
+    def epoch(self, epoch: int, batch_requests: int, rank: int = 0, world: int = 1, seed: int = 0) -> Iterator[Batch]:
+        per_rank = max(1, batch_requests // world)
+        plan = self.plan(epoch, world, seed)
+        if not plan[rank]:
+            raise ValueError(f"rank {rank} got no shard: {len(self.paths)} shards for {world} ranks")
+        steps = max(math.ceil(sum(int(self.sizes[s]) for s in mine) / per_rank) for mine in plan)
+        done = 0
+        while done < steps:  # a second pass only on ranks that hold fewer requests
+            for data in self._cut(plan[rank], epoch, per_rank, seed):
+                yield data.to_batch()
+                done += 1
+                if done == steps:
+                    return
+
+    def _cut(self, shards: list[int], epoch: int, size: int, seed: int) -> Iterator[EncodedData]:
+        carry: EncodedData | None = None
+        for s in shards:
+            data = from_table(pads.dataset(self.paths[s], format="parquet").to_table())
+            data = data.select_requests(np.random.default_rng([seed, epoch, s]).permutation(data.n_requests))
+            if self.sources:
+                data = data.filter_sources(self.sources)
+            if carry is not None:
+                data = EncodedData.concat([carry, data])
+            full = data.n_requests - data.n_requests % size
+            for start in range(0, full, size):
+                yield data.select_requests(np.arange(start, start + size))
+            carry = data.select_requests(np.arange(full, data.n_requests)) if full < data.n_requests else None
+        if carry is not None:
+            yield carry
