@@ -9,13 +9,13 @@ import copy
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_infra import _dockerfile
 
 from components.launch import (
     CONTAINER,
@@ -80,10 +80,7 @@ def test_cluster_resources_and_training_image_agree_with_the_launcher():
     assert rule["apiGroups"] == ["kubeflow.org"] and {"create", "get", "delete"} <= set(rule["verbs"])
     assert objects["RoleBinding"]["roleRef"]["name"] == objects["Role"]["metadata"]["name"]
 
-    text = (INFRA / "training" / "Dockerfile").read_text()
-    root = INFRA.parent
-    for sources in re.findall(r"^COPY\s+(.+)\s+\S+$", text, re.M):
-        assert all((root / s).exists() for s in sources.split()), sources
+    text = _dockerfile("training")  # also checks that everything it COPYs exists
     assert "pip install --no-cache-dir -r requirements.lock" in text
     assert "--uid 1000" in text and "USER trainer" in text  # runAsNonRoot with runAsUser 1000
     assert f"HAP_HOME={job.workspace_mount}" in text and 'ENTRYPOINT ["torchrun"]' in text
