@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hap.config import HapConfig, TrainJobConfig
+from hap.workspace import fresh_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,7 @@ def run_pytorchjob(prepared: str, which: str, cfg: HapConfig, out: str, api: Any
     if job.workers < 1:
         raise ValueError("job.workers must be at least 1")
     name = job_name(which, prepared)
-    stage = Path(job.workspace_mount) / "jobs" / name
-    if stage.exists():
-        shutil.rmtree(stage)
+    stage = fresh_dir(Path(job.workspace_mount) / "jobs" / name)
     shutil.copytree(prepared, stage / "prepared")
     (stage / "config.json").write_text(cfg.to_json())
     args = worker_args(str(stage / "prepared"), which, str(stage / "config.json"), str(stage / "model"))

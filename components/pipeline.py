@@ -13,6 +13,8 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from hap.workspace import fresh_dir
+
 IMAGE = os.environ.get("HAP_TRAINING_IMAGE", "hap-training:0.1.0")  # infra/training/Dockerfile
 COMPILED = Path(__file__).with_name("pipeline.yaml")
 
@@ -113,10 +115,7 @@ def publish(sources: dict[str, str], run_dir: str | Path, fs=None) -> dict:
     URIs into ``run_dir``, replacing the day's previous outputs whole (rerunning a ``ds`` leaves no
     duplicates). ``fs`` is an fsspec filesystem for remote artifacts; local paths without it."""
     run_dir = Path(run_dir)
-    staging = run_dir.with_name(run_dir.name + ".staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = fresh_dir(run_dir.with_name(run_dir.name + ".staging"))
     for name, src in sources.items():
         if fs is not None:
             fs.get(src.rstrip("/") + ("/" if fs.isdir(src) else ""), str(staging / name), recursive=True)

@@ -163,7 +163,10 @@ def load_day(root: str | Path, ds: str, spec: FeatureSpec, label: str) -> Encode
     return encode_tables(read_partition(root, "requests", ds), read_partition(root, "candidates", ds), spec, label)
 
 
+HASH_SPACE = 10_000  # request ids hash to crc32 % HASH_SPACE for the holdout split
+
+
 def holdout_mask(request_ids: np.ndarray, fraction: float) -> np.ndarray:
     """Deterministic request-level split by a hash of the request id (stable across reruns)."""
-    cut = int(fraction * 10_000)
-    return np.fromiter((zlib.crc32(r.encode()) % 10_000 < cut for r in request_ids), bool, len(request_ids))
+    cut = int(fraction * HASH_SPACE)
+    return np.fromiter((zlib.crc32(r.encode()) % HASH_SPACE < cut for r in request_ids), bool, len(request_ids))

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from hap.config import HapConfig
 from hap.features import DEFAULT_SPEC
-from hap.workspace import Workspace, window_days, write_json_atomic
-from models.stream import read_shards, shard_files
+from hap.workspace import Workspace, fresh_dir, window_days, write_json_atomic
+from models.stream import ShardStream, read_shards, shard_files, write_day_shards
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +30,12 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
 
     Only days whose validation verdict is "passed" are read: quarantined days are never trained on.
     """
-    from models.stream import write_day_shards
-
     ws = Workspace.from_env(workspace_root)
     if ws.validation_status(ds) != "passed":
         raise NotTrainable(f"ds={ds} has no passing validation verdict ({ws.validation_status(ds)}); not training")
     out = Path(out_dir)
     for sub in (TRAIN_DIR, HOLDOUT_DIR):  # a rerun into the same folder replaces, never appends
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
+        fresh_dir(out / sub)
     used, skipped, days = [], {}, []
     for day in window_days(ds, cfg.window_days):
         status = ws.validation_status(day)
@@ -72,7 +68,6 @@ def train_worker(prepared_dir: str, which: str, cfg: HapConfig, out_dir: str, ch
     job under torchrun, or the whole job when run alone. Rank 0 saves the model to ``out_dir``."""
     from models import distributed
     from models.nets import save_model
-    from models.stream import ShardStream
     from models.train import train_expressive, train_light
 
     ctx = distributed.init(cfg.train.device)

@@ -12,6 +12,7 @@ inside a shard and cuts batches of whole requests.
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import zlib
@@ -27,12 +28,12 @@ import pyarrow.parquet as pq
 
 from hap.contract import partition_dir
 from hap.features import FeatureSpec
-from models.data import Batch, EncodedData, encode_tables, holdout_mask
+from hap.workspace import fresh_dir
+from models.data import HASH_SPACE, Batch, EncodedData, encode_tables, holdout_mask
 
 SCAN_ROWS = 65_536  # rows per scanned record batch in pass 1
 # pre_buffer would coalesce the reads of many row groups ahead of the scan: off, to stay bounded
 SCAN_FORMAT = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
-HOLDOUT_BUCKETS = 10_000  # holdout_mask keys on crc32(request_id) % 10_000; buckets use the quotient
 
 
 def request_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -43,7 +44,9 @@ def request_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def bucket_of(h: np.ndarray, n_buckets: int) -> np.ndarray:
-    return ((h // HOLDOUT_BUCKETS) % n_buckets).astype(np.int32)
+    """Shard bucket of each request hash: the quotient by ``HASH_SPACE``, independent of the holdout
+    split (the remainder), so every shard holds a fair sample of held-out and trained requests."""
+    return ((h // HASH_SPACE) % n_buckets).astype(np.int32)
 
 
 # ---- encoded shards: one row per request, candidates as list columns ----
@@ -84,11 +87,15 @@ def from_table(table: pa.Table) -> EncodedData:
     )
 
 
+def read_shard(path: str | Path) -> EncodedData:
+    return from_table(pq.read_table(path))
+
+
 def read_shards(paths: Sequence[str | Path], max_requests: int | None = None) -> EncodedData:
     """Read whole shards (evaluation's held-out requests), stopping after ``max_requests``."""
     parts, total = [], 0
     for path in paths:
-        part = from_table(pq.read_table(path))
+        part = read_shard(path)
         if max_requests is not None and total + part.n_requests > max_requests:
             part = part.select_requests(np.arange(max_requests - total))
         parts.append(part)
@@ -121,42 +128,28 @@ def write_day_shards(
 
     With ``holdout=(dir, fraction)`` a hash-split of the day's requests goes to ``dir`` instead.
     """
-    tmp = out / f"_buckets_ds={ds}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = fresh_dir(out / f"_buckets_ds={ds}")
     n_requests = pads.dataset(partition_dir(root, "requests", ds), format="parquet").count_rows()
     n_buckets = max(1, math.ceil(n_requests / shard_requests))
     for table in ("requests", "candidates"):  # pass 1: spill rows to hash buckets of their request
         _spill(pads.dataset(partition_dir(root, table, ds), format=SCAN_FORMAT), tmp / table, n_buckets)
-    day_out = out / f"ds={ds}"
-    if day_out.exists():
-        shutil.rmtree(day_out)
-    day_out.mkdir(parents=True)
-    hold_out = None
+    # (destination, key prefix in the totals, whether it takes the held-out requests)
+    splits = [(fresh_dir(out / f"ds={ds}"), "", False)]
     if holdout is not None:
-        hold_out = holdout[0] / f"ds={ds}"
-        if hold_out.exists():
-            shutil.rmtree(hold_out)
-        hold_out.mkdir(parents=True)
+        splits.append((fresh_dir(holdout[0] / f"ds={ds}"), "holdout_", True))
     totals = dict(requests=0, samples=0, holdout_requests=0, holdout_samples=0)
     for b in range(n_buckets):  # pass 2: one bucket in memory at a time
         tables = [_read_bucket(tmp / t / f"bucket={b}.parquet") for t in ("requests", "candidates")]
         if tables[0] is None or tables[1] is None:
             continue
         enc = encode_tables(tables[0], tables[1], spec, label)
-        held = np.zeros(enc.n_requests, bool)
-        if holdout is not None:
-            held = holdout_mask(enc.request_ids, holdout[1])
-            part = enc.select_requests(np.flatnonzero(held))
+        held = holdout_mask(enc.request_ids, holdout[1]) if holdout is not None else np.zeros(enc.n_requests, bool)
+        for dest, key, takes_held in splits:
+            part = enc.select_requests(np.flatnonzero(held == takes_held))
             if part.n_requests:
-                pq.write_table(to_table(part), hold_out / f"part-{b:05d}.parquet")
-                totals["holdout_requests"] += part.n_requests
-                totals["holdout_samples"] += len(part.label)
-        part = enc.select_requests(np.flatnonzero(~held))
-        if part.n_requests:
-            pq.write_table(to_table(part), day_out / f"part-{b:05d}.parquet")
-            totals["requests"] += part.n_requests
-            totals["samples"] += len(part.label)
+                pq.write_table(to_table(part), dest / f"part-{b:05d}.parquet")
+                totals[key + "requests"] += part.n_requests
+                totals[key + "samples"] += len(part.label)
     shutil.rmtree(tmp)
     return DayShards(ds=ds, buckets=n_buckets, **totals)
 
@@ -215,8 +208,8 @@ class ShardStream:
 
     def filter_sources(self, sources: Sequence[str]) -> ShardStream:
         """The same stream restricted to candidates of ``sources`` (the expressive model's samples)."""
-        out = ShardStream.__new__(ShardStream)
-        out.paths, out.sizes, out.sources = self.paths, self.sizes, tuple(sources)
+        out = copy.copy(self)  # shares the paths and footer sizes: no second read of the footers
+        out.sources = tuple(sources)
         return out
 
     def plan(self, epoch: int, world: int, seed: int) -> list[list[int]]:
@@ -247,7 +240,7 @@ class ShardStream:
     def _cut(self, shards: list[int], epoch: int, size: int, seed: int) -> Iterator[EncodedData]:
         carry: EncodedData | None = None
         for s in shards:
-            data = from_table(pads.dataset(self.paths[s], format="parquet").to_table())
+            data = read_shard(self.paths[s])
             data = data.select_requests(np.random.default_rng([seed, epoch, s]).permutation(data.n_requests))
             if self.sources:
                 data = data.filter_sources(self.sources)
