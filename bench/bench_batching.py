@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from hap.config import HapConfig
-from hap.features import DEFAULT_SPEC
 from hap.simulator import CascadeSimulator
+from hap_runtime.nets import PreRanker
+from hap_runtime.spec import DEFAULT_SPEC
 from models.data import encode_tables
 from models.losses import hap_loss
-from models.nets import PreRanker
 from models.train import train_expressive, train_light
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from serving.scorer import TwoStageScorer
 
 from hap.config import HapConfig
 from hap.flow import server_for
@@ -21,7 +22,6 @@ from hap.registry import Registry
 from hap.workspace import Workspace
 from serving.archive import stage_bundle
 from serving.deploy import ensure_serving, sample_request
-from serving.scorer import TwoStageScorer
 
 
 def pct(x: list[float]) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 
 from hap import SOURCES
 from hap.config import HapConfig, LossConfig
-from hap.features import DEFAULT_SPEC
 from hap.simulator import CascadeSimulator
+from hap_runtime.spec import DEFAULT_SPEC
 from models.data import EncodedData, encode_tables, holdout_mask
 from models.metrics import flops_per_request, gauc, predict, slice_aucs, two_stage_recall
 from models.train import train_expressive, train_model

@@ -65,7 +65,7 @@ def child(mode: str, root: Path, device: str) -> dict:
     """One measurement in this (fresh) process; prints JSON."""
     import torch  # noqa: F401 - the baseline includes torch, as every mode does
 
-    from hap.features import DEFAULT_SPEC
+    from hap_runtime.spec import DEFAULT_SPEC
     from models.data import load_day
     from models.steps import prepare, train_worker
     from models.train import train_light

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from serving.scorer import TwoStageScorer
 
 from hap.config import HapConfig, ServingConfig
 from hap.registry import Registry
 from hap.workspace import Workspace
 from serving.archive import build_archive, stage_bundle
 from serving.deploy import sample_request
-from serving.scorer import TwoStageScorer
 from serving.server import LocalTorchServe, Ports
 
 

@@ -28,6 +28,8 @@ One run per logical day `ds`:
    replace production: a backfill never demotes a model trained on newer data (unless
    `force_deploy` with a `force_reason`); `skip_deploy` stops here. Recorded in `promotion.json`.
 5. **deploy** to TorchServe: register, golden smoke, set default; a failure keeps the old version.
+   With `shadow`, the version scores a sample of live requests beside production instead of
+   replacing it; on-call promotes it with `hap shadow promote` (runbook: *Shadow a version*).
 
 Every step is idempotent for its `ds`. Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
 `$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `HAP_RUN_DEADLINE_H` (6) hours after it was queued alerts too.
@@ -68,6 +70,7 @@ PARAMS = {
     ),
     "force_reason": Param("", type="string", maxLength=500, description="required with force_deploy; recorded"),
     "kfp_mode": Param("local", enum=["local", "cluster"], description="KFP local runner or the cluster API"),
+    "shadow": Param(False, type="boolean", description="deploy in shadow beside production; promote it by hand"),
 }
 
 
@@ -136,7 +139,7 @@ def hap_daily():
     def deploy(version: str, params: dict | None = None, ds: str | None = None) -> dict:
         from hap import flow
 
-        return flow.deploy(ds, version, cfg=flow.load_config(params))
+        return flow.deploy(ds, version, cfg=flow.load_config(params), shadow=bool((params or {}).get("shadow")))
 
     passed = gate(train(validate(wait_for_partition())))
     version = package()

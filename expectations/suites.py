@@ -13,7 +13,7 @@ from __future__ import annotations
 from hap import SOURCES
 from hap.config import Composition
 from hap.contract import LABEL_COLUMNS, candidates_schema, requests_schema
-from hap.features import DEFAULT_SPEC, Feature
+from hap_runtime.spec import DEFAULT_SPEC, Feature
 
 BATCHES = ("requests", "candidates", "schema", "per_request", "integrity", "daily")
 

@@ -51,7 +51,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     elif args.command == "package":
         print(flow.package(args.ds, ws))
     elif args.command == "deploy":
-        print(json.dumps(flow.deploy(args.ds, args.version, ws), indent=2))
+        print(json.dumps(flow.deploy(args.ds, args.version, ws, shadow=args.shadow), indent=2))
     return 0
 
 
@@ -70,14 +70,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ws = _ws(args)
     server = server_for(ws)
     if args.action == "start":
+        was_running = server.pid() is not None
         version = ensure_serving(ws, server)
-        print(f"TorchServe up at {server.inference_url}, serving {version or 'no model yet'}")
+        state = "already running" if was_running else "started"
+        print(f"TorchServe {state} at {server.inference_url} (pid {server.pid()}, key keeper pid "
+              f"{server.keeper_pid()}), serving {version or 'no model yet'}")  # fmt: skip
     elif args.action == "stop":
         server.stop()
         print("TorchServe stopped")
     else:
-        running = server.is_running()
-        print(f"running={running} default={server.default_version() if running else None}")
+        status = server.status()
+        if args.json:
+            print(json.dumps(status, indent=1))
+        elif not status["running"]:
+            print(f"TorchServe is not running (home {server.home})")
+        else:
+            print(f"TorchServe running at {status['url']} (pid {status['pid']}), healthy={status['healthy']}, "
+                  f"default={status.get('default')}, key keeper pid={status.get('keeper_pid')}")  # fmt: skip
+            for version, d in status.get("versions", {}).items():
+                workers = ", ".join(f"pid {w['pid']} {w['status']} {w['memory_mb']} MB" for w in d["workers"])
+                print(f"  version {version}: {workers or 'no workers'}")
+            print(f"  keys expire: {status.get('keys_expire')}; memory MB: {status.get('memory_mb')}")
+            if status.get("error"):
+                print(f"  error: {status['error']}")
+        return 0 if status["running"] and status.get("healthy") else 1
+    return 0
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from hap.flow import load_config, server_for
+    from serving.deploy import promote_shadow, shadow_report, stop_shadow
+
+    ws = _ws(args)
+    server = server_for(ws)
+    if args.action == "status":
+        print(json.dumps(shadow_report(server), indent=1))
+    elif args.action == "promote":
+        pointer = promote_shadow(ws, load_config(), server, args.reason or "promoted by hand")
+        print(f"serving {pointer['version']} (was {pointer['previous']}); reason recorded")
+    else:
+        print(f"stopped shadowing {stop_shadow(ws, server, args.reason or 'stopped by hand')}")
     return 0
 
 
@@ -93,10 +125,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     from hap.flow import server_for
-    from serving.deploy import sample_request
+    from serving.deploy import columnar, sample_request
 
     ws = _ws(args)
     body = sample_request(ws.data, args.ds, args.candidates, seed=args.seed)
+    if args.columns:
+        body = columnar(body)
     if args.save:
         Path(args.save).write_text(json.dumps(body))
         print(f"request written to {args.save}")
@@ -196,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--ds", required=True)
         if name == "deploy":
             s.add_argument("--version", required=True)
+            s.add_argument("--shadow", action="store_true", help="score live traffic beside production; promote later")
         s.set_defaults(func=cmd_step)
 
     s = sub.add_parser("run-day", help="run the daily DAG for one ds with dag.test()")
@@ -205,7 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="start/stop/status of the local TorchServe")
     s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("--json", action="store_true", help="status as JSON")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("shadow", help="the shadow version: status, promote to production, or stop")
+    s.add_argument("action", choices=["status", "promote", "stop"])
+    s.add_argument("--reason", default="", help="recorded in the registry's events")
+    s.set_defaults(func=cmd_shadow)
 
     s = sub.add_parser("rollback", help="make the previous production version the default again")
     s.add_argument("--reason", required=True, help="why (recorded with the production pointer)")
@@ -216,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save", help="write the request JSON here instead of sending it")
+    s.add_argument("--columns", action="store_true", help="the compact layout: one list per item feature")
     s.set_defaults(func=cmd_request)
 
     s = sub.add_parser("demo", help="the whole flow end to end on embedded defaults")
@@ -231,10 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
+    from hap.flow import StepRefused
+    from serving.errors import DeployFailed, ServingError
+
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (StepRefused, DeployFailed, ServingError) as exc:  # expected failures: a message, no traceback
+        print(f"hap {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hap_runtime.config import ModelConfig, RoutingConfig
+
 
 @dataclass(frozen=True)
 class Composition:
@@ -46,16 +48,6 @@ class SimConfig:
     chunk_requests: int = 256
     seed: int = 7
     composition: Composition = field(default_factory=Composition)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of one model. Light: M MLP layers, no attention. Expressive: N > M layers + attention."""
-
-    emb_dim: int = 16
-    tower_dim: int = 32
-    mlp_dims: tuple[int, ...] = (64, 32)
-    attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,27 +101,27 @@ class TrainJobConfig:
 
 
 @dataclass(frozen=True)
-class RoutingConfig:
-    """DAMR routing at serving time: light on all N, expressive on the light top-K, answer top-M."""
-
-    k: int = 200
-    m: int = 50
-    max_candidates: int = 10000
-    max_k: int = 2000
-
-
-@dataclass(frozen=True)
 class ServingConfig:
-    """How TorchServe runs the archive (written into the archive's ``model-config.yaml``).
+    """How TorchServe runs: per archive (``model-config.yaml``: workers, batching, queue, timeout) and
+    per server (``config.properties`` and the key keeper, applied when the server starts).
 
     TorchServe gathers up to ``batch_size`` requests, waiting at most ``max_batch_delay_ms`` for
-    them; the handler scores a gathered batch in one light and one expressive pass.
+    more; the handler scores a gathered batch in one light and one expressive pass. A full job
+    queue (``job_queue_size`` waiting requests) is answered 503 at once.
     """
 
     batch_size: int = 8
-    max_batch_delay_ms: int = 5
+    max_batch_delay_ms: int = 1  # a lone request waits this long for company; a busy queue fills at once
     workers: int = 1
     response_timeout_s: int = 60
+    job_queue_size: int = 256
+    token_expiration_min: float = 60.0  # TorchServe's key lifetime
+    key_renew_fraction: float = 0.5  # the key keeper renews a key when less than this share of its life is left
+    max_request_mb: int = 16  # the frontend's body cap; the handler answers 413 above routing.max_body_bytes
+    jvm_heap_mb: int = 512  # bounds the frontend's memory
+    torch_threads: int = 1  # intra-op threads per worker (0: torch's default)
+    keep_previous: bool = True  # keep the previous production version loaded for an instant rollback
+    shadow_sample: float = 0.1  # share of production's requests mirrored to a shadow version
 
 
 @dataclass(frozen=True)

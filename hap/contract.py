@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hap import SOURCES
-from hap.features import DEFAULT_SPEC, FeatureSpec
+from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 
 LABEL_COLUMNS: tuple[str, ...] = ("click", "like", "comment", "dwell_ms")
 POSITION_COLUMNS: tuple[str, ...] = ("retrieval_pos", "prerank_pos", "rank_pos")

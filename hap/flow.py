@@ -20,6 +20,10 @@ from hap.workspace import Workspace, window_days, write_json_atomic
 log = logging.getLogger(__name__)
 
 
+class StepRefused(RuntimeError):
+    """A step that must not run on this day's state (e.g. packaging a run that failed its gate)."""
+
+
 def load_config(params: dict[str, Any] | None = None) -> HapConfig:
     """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults; DAG run params override
     ``window_days`` and the KFP mode."""
@@ -40,10 +44,11 @@ def partition_ready(ds: str, ws: Workspace | None = None) -> bool:
     return all((partition_dir(ws.data, t, ds) / "part-0.parquet").exists() for t in ("requests", "candidates"))
 
 
-def server_for(ws: Workspace):
+def server_for(ws: Workspace, cfg: HapConfig | None = None):
+    """The workspace's local TorchServe, run with the configuration's serving settings."""
     from serving.server import LocalTorchServe
 
-    return LocalTorchServe(ws.serving)
+    return LocalTorchServe(ws.serving, cfg=(cfg or load_config()).serving)
 
 
 def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
@@ -102,12 +107,15 @@ def package(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) 
     from serving.archive import build_archive
 
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
-    decision = json.loads((ws.run_dir(ds) / "decision.json").read_text())
+    decision_file = ws.run_dir(ds) / "decision.json"
+    if not decision_file.exists():
+        raise StepRefused(f"ds={ds} has no gate decision ({decision_file}); run `hap train` and `hap gate` first")
+    decision = json.loads(decision_file.read_text())
     if not decision["passed"]:
-        raise RuntimeError(f"ds={ds} did not pass the gate: {decision['reason']}")
+        raise StepRefused(f"ds={ds} did not pass the gate, so it is not packaged: {decision['reason']}")
     registry = Registry(ws)
     version = registry.register(ds, ws.run_dir(ds))
-    build_archive(registry.version_dir(version), version, cfg, server_for(ws).model_store)
+    build_archive(registry.version_dir(version), version, cfg, server_for(ws, cfg).model_store)
     return version
 
 
@@ -143,13 +151,18 @@ def promotion(
     return decision
 
 
-def deploy(ds: str, version: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
+def deploy(
+    ds: str, version: str, ws: Workspace | None = None, cfg: HapConfig | None = None, shadow: bool = False
+) -> dict[str, Any]:
+    """Deploy ``version`` smoked with requests from ``ds``: as the new default, or in ``shadow``
+    beside production until promoted."""
     from serving.deploy import deploy as deploy_version
 
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     promotion_file = ws.run_dir(ds) / "promotion.json"
     why = json.loads(promotion_file.read_text())["reason"] if promotion_file.exists() else "daily deploy"
-    return deploy_version(ws, version, cfg, server_for(ws), smoke_ds=ds, reason=f"{why} (ds={ds})")
+    server = server_for(ws, cfg)
+    return deploy_version(ws, version, cfg, server, smoke_ds=ds, reason=f"{why} (ds={ds})", shadow=shadow)
 
 
 def rollback(reason: str, ws: Workspace | None = None) -> dict[str, Any]:

@@ -120,7 +120,13 @@ class Registry:
             "reason": reason,
         }
         write_json_atomic(self.root / "production.json", pointer)
-        with (self.root / "events.jsonl").open("a") as f:
-            f.write(json.dumps({"event": "set_production", **pointer}) + "\n")
+        self.record_event("set_production", **pointer)
         self.write_index()
         return pointer
+
+    def record_event(self, event: str, **fields: Any) -> None:
+        """Append to ``events.jsonl``, the registry's audit trail (deploys, rollbacks, shadows)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {"event": event, "at": dt.datetime.now(dt.UTC).isoformat(), **fields}
+        with (self.root / "events.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")

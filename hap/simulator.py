@@ -18,7 +18,7 @@ import pyarrow as pa
 from hap import SOURCES
 from hap.config import SimConfig
 from hap.contract import candidates_schema, requests_schema, write_partition
-from hap.features import DEFAULT_SPEC, FeatureSpec
+from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 
 _EXPOSE, _RANK, _PRERANK, _GLOBAL = range(4)
 

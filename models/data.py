@@ -18,7 +18,8 @@ import torch
 
 from hap import SOURCES
 from hap.contract import aggregate_label, read_partition, source_ids
-from hap.features import FeatureSpec, encode_sequences, encode_side
+from hap_runtime.encode import encode_sequences, encode_side
+from hap_runtime.spec import FeatureSpec
 
 
 @dataclass
@@ -137,9 +138,9 @@ def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, l
     seq_feat = spec.sequence
     return EncodedData(
         request_ids=np.asarray(requests["request_id"].to_pylist(), dtype=str),
-        user_x=encode_side(_columns(requests, spec, "user"), spec, "user"),
-        seq=encode_sequences(requests[seq_feat.name].to_pylist(), spec),
-        item_x=encode_side(_columns(cand, spec, "item"), spec, "item"),
+        user_x=encode_side(_columns(requests, spec, "user"), spec, "user").numpy(),
+        seq=encode_sequences(requests[seq_feat.name].to_pylist(), spec).numpy(),
+        item_x=encode_side(_columns(cand, spec, "item"), spec, "item").numpy(),
         req=req_index[keep][order],
         source=source_ids(cand["source"].to_numpy(zero_copy_only=False)),
         label=aggregate_label(cand, label),
@@ -147,15 +148,16 @@ def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, l
 
 
 def _columns(table: pa.Table, spec: FeatureSpec, side: str) -> dict[str, np.ndarray]:
+    """One writable array per feature (torch shares their memory while encoding)."""
     cols = {}
     for f in spec.side(side):  # type: ignore[arg-type]
         col = table[f.name]
         if f.vocab:
             cols[f.name] = np.asarray(col.to_pylist(), dtype=object)
         elif f.kind == "bucket":
-            cols[f.name] = col.cast(pa.float64()).fill_null(float("nan")).to_numpy()
+            cols[f.name] = col.cast(pa.float64()).fill_null(float("nan")).to_numpy().copy()
         else:
-            cols[f.name] = col.fill_null(-1).to_numpy()
+            cols[f.name] = col.fill_null(-1).to_numpy().copy()
     return cols
 
 

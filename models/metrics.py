@@ -7,8 +7,8 @@ import torch
 from scipy.stats import rankdata
 
 from hap import SOURCES
+from hap_runtime.nets import PreRanker
 from models.data import EncodedData
-from models.nets import PreRanker
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 from hap.config import HapConfig
-from hap.features import DEFAULT_SPEC
 from hap.workspace import Workspace, fresh_dir, window_days, write_json_atomic
+from hap_runtime.spec import DEFAULT_SPEC
 from models.stream import ShardStream, read_shards, shard_files, write_day_shards
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
 def train_worker(prepared_dir: str, which: str, cfg: HapConfig, out_dir: str, checkpoint: str | None = None) -> dict:
     """Train ``which`` ∈ {"light", "expressive"} on the prepared shards, streamed. One rank of a DDP
     job under torchrun, or the whole job when run alone. Rank 0 saves the model to ``out_dir``."""
+    from hap_runtime.nets import save_model
     from models import distributed
-    from models.nets import save_model
     from models.train import train_expressive, train_light
 
     ctx = distributed.init(cfg.train.device)
@@ -90,8 +90,8 @@ def evaluate(
     prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str
 ) -> dict:
     """Score candidate and production models on the same held-out requests of the run's day."""
+    from hap_runtime.nets import load_model
     from models.metrics import evaluate_pair, flops_per_request, paired_bootstrap
-    from models.nets import load_model
 
     holdout = read_shards(shard_files(Path(prepared_dir) / HOLDOUT_DIR), cfg.eval.max_holdout_requests)
     k, m = cfg.eval.k, cfg.eval.m

@@ -27,8 +27,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from hap.contract import partition_dir
-from hap.features import FeatureSpec
 from hap.workspace import fresh_dir
+from hap_runtime.spec import FeatureSpec
 from models.data import HASH_SPACE, Batch, EncodedData, encode_tables, holdout_mask
 
 SCAN_ROWS = 65_536  # rows per scanned record batch in pass 1

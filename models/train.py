@@ -14,12 +14,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from hap import HARD_SOURCES, SOURCES
-from hap.config import LossConfig, ModelConfig, TrainConfig
-from hap.features import FeatureSpec
+from hap.config import LossConfig, TrainConfig
+from hap_runtime.config import ModelConfig
+from hap_runtime.nets import PreRanker
+from hap_runtime.spec import FeatureSpec
 from models.data import Batch
 from models.distributed import DistContext, all_sum, barrier, pick_device
 from models.losses import hap_loss
-from models.nets import PreRanker
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,58 @@
-"""Build the ``.mar``: both models' weights and configs, the feature spec, routing (K, M), handler."""
+"""Build the ``.mar``: both models, the feature spec, routing and limits, and the code that serves them.
+
+An archive is a version entire: the ``hap_runtime`` package (handler, scorer, codec, encoding,
+model definitions) travels inside it, its root ``handler.py`` is TorchServe's entry point, and
+``runtime.json`` records the code's fingerprint. Offline golden answers run that same code
+(``archive_answers``), in a fresh interpreter with the unpacked archive first on the import path.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from hap.config import HapConfig, RoutingConfig, ServingConfig
-from serving.scorer import ROUTING_FILE, VERSION_FILE
+import hap_runtime
+from hap.config import HapConfig, ServingConfig
+from hap_runtime.config import RoutingConfig
+from hap_runtime.scorer import ROUTING_FILE, VERSION_FILE
 
 MODEL_NAME = "hap"
-HANDLER = Path(__file__).with_name("handler.py")
+RUNTIME_DIR = Path(hap_runtime.__file__).parent
+RUNTIME_FILE = "runtime.json"
 
 
 def mar_name(version: str) -> str:
     return f"{MODEL_NAME}-{version}.mar"
 
 
-def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, dest: str | Path) -> Path:
-    """Lay out what the archive carries: both models, routing, version and feature spec.
+def runtime_files() -> list[Path]:
+    return sorted(RUNTIME_DIR.glob("*.py"))
 
-    The same layout is what ``TwoStageScorer`` loads, offline (golden scores) and in TorchServe.
+
+def runtime_fingerprint() -> str:
+    """sha256 over the runtime package's sources: the code an archive serves with."""
+    h = hashlib.sha256()
+    for f in runtime_files():
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, dest: str | Path) -> Path:
+    """Lay out what the archive carries: both models, routing, version, feature spec and runtime code.
+
+    ``TwoStageScorer`` loads the same layout, offline and in TorchServe.
     """
+    import torch
+
     version_dir, bundle = Path(version_dir), Path(dest)
     for part in ("light", "expressive"):
         shutil.copytree(version_dir / part, bundle / part, ignore=shutil.ignore_patterns("history.json"))
@@ -33,17 +60,24 @@ def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, 
     (bundle / VERSION_FILE).write_text(json.dumps({"version": version}))
     spec = json.loads((bundle / "light" / "model.json").read_text())["spec"]
     (bundle / "feature_spec.json").write_text(json.dumps(spec, indent=1))
+    (bundle / RUNTIME_DIR.name).mkdir()
+    for f in runtime_files():
+        shutil.copy2(f, bundle / RUNTIME_DIR.name / f.name)
+    runtime = {"code_sha256": runtime_fingerprint(), "torch": torch.__version__.split("+")[0],
+               "python": ".".join(map(str, sys.version_info[:2]))}  # fmt: skip
+    (bundle / RUNTIME_FILE).write_text(json.dumps(runtime, indent=1))
     return bundle
 
 
 def model_config(serving: ServingConfig) -> dict[str, int]:
-    """TorchServe's per-model config: workers, cross-request batching and response timeout."""
+    """TorchServe's per-model config: workers, cross-request batching, job queue and response timeout."""
     return {
         "minWorkers": serving.workers,
         "maxWorkers": serving.workers,
         "batchSize": serving.batch_size,
         "maxBatchDelay": serving.max_batch_delay_ms,
         "responseTimeout": serving.response_timeout_s,
+        "jobQueueSize": serving.job_queue_size,
     }
 
 
@@ -65,7 +99,7 @@ def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_
                 str(archiver),
                 "--model-name", MODEL_NAME,
                 "--version", version,
-                "--handler", str(HANDLER),
+                "--handler", str(bundle / RUNTIME_DIR.name / "handler.py"),
                 "--extra-files", str(bundle),
                 "--config-file", str(model_yaml),
                 "--export-path", str(out),
@@ -78,3 +112,39 @@ def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_
         target = export_dir / mar_name(version)
         shutil.move(out / f"{MODEL_NAME}.mar", target)
     return target
+
+
+def extract_archive(mar: str | Path, dest: str | Path) -> Path:
+    """Unpack a ``.mar`` (a zip) the way TorchServe does for its workers."""
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(dest)
+    return Path(dest)
+
+
+def archive_answers(model_dir: str | Path, bodies: list[Any], python: str = sys.executable,
+                    env: dict[str, str] | None = None, python_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
+    """Answers of the archive's own code for ``bodies``: ``python -m hap_runtime.offline`` in a fresh
+    interpreter, the unpacked archive first on its import path (and its working directory)."""
+    model_dir = Path(model_dir).resolve()
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(model_dir), env.get("PYTHONPATH", "")) if p)
+    stdin = "".join(json.dumps(b) + "\n" for b in bodies)
+    proc = subprocess.run([python, *python_args, "-m", "hap_runtime.offline", str(model_dir)], input=stdin,
+                          capture_output=True, text=True, cwd=model_dir, env=env)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"the archive's scorer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    header, *answers = proc.stdout.splitlines()
+    return [json.loads(line) for line in answers]
+
+
+def archive_runtime(model_dir: str | Path, python: str = sys.executable, env: dict[str, str] | None = None,
+                    python_args: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """What the archive's offline scorer reports about itself (version, runtime record, JSON decoder)."""
+    model_dir = Path(model_dir).resolve()
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(model_dir), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([python, *python_args, "-m", "hap_runtime.offline", str(model_dir)], input="",
+                          capture_output=True, text=True, cwd=model_dir, env=env)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"the archive's scorer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[0])

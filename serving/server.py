@@ -1,8 +1,14 @@
-"""A local TorchServe process on 127.0.0.1 with token auth on, and a client for its APIs.
+"""A local TorchServe process on 127.0.0.1 with token auth on, its key keeper, and a client for its APIs.
 
-Each server home gets its own pid file (via TMPDIR) and key file (TorchServe writes
-``key_file.json`` in its working directory), so several homes can coexist on one machine.
-Config snapshots are off: on start we register the registry's production version ourselves.
+Each server home gets its own pid file (via TMPDIR) and key file (TorchServe writes ``key_file.json``
+in its working directory), so several homes can coexist on one machine. Config snapshots are off:
+on start we register the registry's production version ourselves.
+
+Every call goes through ``KeyRing``: a rotated or expired key is re-read (renewed if it expired) and
+the call retried once. Predictions are idempotent, so ``predict`` also retries the two transient
+answers TorchServe gives: 507 "Worker died." (the worker crashed with the batch in flight; TorchServe
+restarts it and queues the requests behind that batch) and 503 "... has no worker to serve inference request" (in this deployment, where
+workers are fixed, that means the job queue is full: overload).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,15 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
+from hap.config import ServingConfig
+from hap_runtime.shadow import HOME_ENV, URL_ENV
 from serving.archive import MODEL_NAME
+from serving.errors import AuthError, ServingError
+from serving.keys import PID_FILE, KeyRing, is_auth_failure
 
 METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
+WORKER_SCRIPT = "model_service_worker.py"
 
 
-class ServingError(RuntimeError):
-    pass
+def transient_failure(resp: requests.Response) -> str | None:
+    """The kind of a retryable TorchServe answer to a prediction: ``worker_died`` or ``overloaded``."""
+    if resp.status_code >= 500 and "Worker died" in resp.text[:300]:
+        return "worker_died"
+    if resp.status_code == 503 and "has no worker to serve inference request" in resp.text[:300]:
+        return "overloaded"
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,12 +64,15 @@ class Ports:
 
 
 class LocalTorchServe:
-    def __init__(self, home: str | Path, ports: Ports | None = None) -> None:
+    def __init__(self, home: str | Path, ports: Ports | None = None, cfg: ServingConfig | None = None) -> None:
         self.home = Path(home)
         self.ports = ports or Ports.from_env()
+        self.cfg = cfg or ServingConfig()
         self.model_store = self.home / "model-store"
         self.config_file = self.home / "config.properties"
         self.log_dir = self.home / "logs"
+        self.keys = KeyRing(self.home, self.management_url)
+        self.http = requests.Session()
 
     # ---- process lifecycle ----
 
@@ -76,6 +99,9 @@ class LocalTorchServe:
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            HOME_ENV: str(self.home.resolve()),  # workers read shadow.json and the key file here
+            URL_ENV: self.inference_url,
+            "HAP_TORCH_THREADS": str(self.cfg.torch_threads),
         }
 
     def write_config(self) -> None:
@@ -89,99 +115,225 @@ class LocalTorchServe:
             "grpc_inference_port": str(self.ports.grpc_inference),
             "grpc_management_port": str(self.ports.grpc_management),
             "model_store": str(self.model_store),
-            "metrics_mode": "prometheus",
+            **frontend_properties(self.cfg),
             "metrics_config": str(METRICS_CONFIG),
-            "default_workers_per_model": "1",
-            "disable_system_metrics": "true",
-            "install_py_dep_per_model": "false",
-            "default_response_timeout": "60",
         }
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
+    def pid(self) -> int | None:
+        """The frontend's pid when this home's TorchServe process is alive."""
+        pid_file = self.home / "tmp" / ".model_server.pid"
+        try:
+            proc = psutil.Process(int(pid_file.read_text().strip()))
+            return proc.pid if proc.is_running() and FRONTEND_CLASS in proc.cmdline() else None
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def keeper_pid(self) -> int | None:
+        try:
+            proc = psutil.Process(int((self.home / PID_FILE).read_text().strip()))
+            return proc.pid if proc.is_running() and "serving.keys" in " ".join(proc.cmdline()) else None
+        except (OSError, ValueError, psutil.Error):
+            return None
+
     def is_running(self) -> bool:
         """Healthy and ours: /ping answers 200 to this home's inference token (auth covers /ping)."""
-        if not (self.home / "key_file.json").exists():
+        if self.pid() is None:
             return False
         try:
-            headers = {"Authorization": f"Bearer {self.keys()['inference']}"}
-            return requests.get(f"{self.inference_url}/ping", headers=headers, timeout=2).status_code == 200
-        except (requests.RequestException, ValueError, KeyError):
+            return self._call("inference", "GET", f"{self.inference_url}/ping", timeout=2).status_code == 200
+        except (requests.RequestException, AuthError):
             return False
 
-    def start(self, timeout: float = 90) -> None:
-        if self.is_running():
-            return
+    def start(self, timeout: float = 90) -> bool:
+        """Start TorchServe and its key keeper; returns False (and changes nothing but a dead keeper
+        or an expired key) when this home's server is already running."""
+        if self.pid() is not None:
+            self._start_keeper()
+            for kind in ("management", "inference"):
+                if self.keys.exists() and self.keys.expires_at(kind) <= time.time() + 5:
+                    self.keys.renew(kind)
+            return False
         self.write_config()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.home / "key_file.json").unlink(missing_ok=True)
+        (self.home / "key_file.json").unlink(missing_ok=True)  # a dead server's stale keys
         torchserve = shutil.which("torchserve", path=self._env()["PATH"])
         if not torchserve:
             raise ServingError("torchserve executable not found; install the project first (make install)")
         cmd = [
             torchserve, "--start", "--ts-config", str(self.config_file), "--model-store", str(self.model_store),
-            "--enable-model-api", "--ncs",
+            "--enable-model-api", "--ncs", "--log-config", str(LOG_CONFIG),
         ]  # fmt: skip
         with (self.log_dir / "launcher.log").open("a") as out:
             subprocess.run(cmd, cwd=self.home, env=self._env(), stdout=out, stderr=subprocess.STDOUT, check=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.is_running():
-                return
+            if self.keys.exists() and self.is_running():
+                self._start_keeper()
+                return True
             time.sleep(0.5)
         raise ServingError(f"TorchServe did not come up within {timeout}s; see {self.log_dir}")
 
+    def _start_keeper(self) -> None:
+        if self.keeper_pid() is not None:
+            return
+        cmd = [
+            sys.executable, "-m", "serving.keys", "--home", str(self.home), "--management-url", self.management_url,
+            "--lifetime-s", str(self.cfg.token_expiration_min * 60), "--renew-fraction", str(self.cfg.key_renew_fraction),
+        ]  # fmt: skip
+        with (self.log_dir / "keykeeper.log").open("a") as out:
+            subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
+        deadline = time.monotonic() + 10
+        while self.keeper_pid() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def stop(self) -> None:
+        keeper = self.keeper_pid()
+        if keeper is not None:
+            os.kill(keeper, signal.SIGTERM)
         torchserve = shutil.which("torchserve", path=self._env()["PATH"])
         if torchserve:
             subprocess.run([torchserve, "--stop"], cwd=self.home, env=self._env(), capture_output=True)
         deadline = time.monotonic() + 30
-        while self.is_running() and time.monotonic() < deadline:
+        while self.pid() is not None and time.monotonic() < deadline:
             time.sleep(0.5)
+
+    def status(self) -> dict[str, Any]:
+        """What is true now: process, health, versions and workers, keys and memory."""
+        pid = self.pid()
+        out: dict[str, Any] = {"running": pid is not None, "pid": pid, "url": self.inference_url}
+        if pid is None:
+            return out
+        out["healthy"] = self.is_running()
+        out["keeper_pid"] = self.keeper_pid()
+        try:
+            out["keys_expire"] = {k: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.keys.expires_at(k)))
+                                  for k in ("management", "inference")}  # fmt: skip
+            out["default"] = self.default_version()
+            out["versions"] = {v["modelVersion"]: _summary(v) for v in self.versions()}
+        except (requests.RequestException, AuthError, ServingError) as exc:
+            out["error"] = str(exc)
+        out["memory_mb"] = self.memory_mb()
+        return out
+
+    def memory_mb(self) -> dict[str, Any]:
+        """Resident memory of the frontend and of each live worker process, in MB."""
+        pid = self.pid()
+        if pid is None:
+            return {}
+        front = psutil.Process(pid)
+        workers = []
+        for child in front.children(recursive=True):
+            try:  # a worker that is exiting may be a zombie for a moment: not a live worker
+                if child.status() != psutil.STATUS_ZOMBIE and WORKER_SCRIPT in " ".join(child.cmdline()):
+                    workers.append(round(child.memory_info().rss / 2**20, 1))
+            except psutil.Error:
+                continue
+        return {"frontend": round(front.memory_info().rss / 2**20, 1), "workers": workers}
 
     # ---- authenticated API calls ----
 
-    def keys(self) -> dict[str, str]:
-        """The tokens TorchServe generated at start (never stored in code or config)."""
-        data = json.loads((self.home / "key_file.json").read_text())
-        return {"management": data["management"]["key"], "inference": data["inference"]["key"]}
+    def _call(self, kind: str, method: str, url: str, **kw: Any) -> requests.Response:
+        """One API call with this home's ``kind`` token; after an authorization failure the key is
+        re-read (renewed if it expired) and the call made once more."""
+        key = self.keys.key(kind)
+        headers = kw.pop("headers", {})
+        resp = self.http.request(method, url, headers={**headers, "Authorization": f"Bearer {key}"}, **kw)
+        if is_auth_failure(resp):
+            key = self.keys.refresh(kind, key)
+            resp = self.http.request(method, url, headers={**headers, "Authorization": f"Bearer {key}"}, **kw)
+        return resp
 
     def _mgmt(self, method: str, path: str, **kw: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.keys()['management']}"}
-        return requests.request(method, f"{self.management_url}{path}", headers=headers, timeout=120, **kw)
+        return self._call("management", method, f"{self.management_url}{path}", timeout=120, **kw)
 
-    def predict(self, body: Any, version: str | None = None, timeout: float = 60) -> requests.Response:
+    def predict(
+        self, body: Any, version: str | None = None, timeout: float = 60, retries: int = 4
+    ) -> requests.Response:
+        """POST a request; up to ``retries`` times more after a transient failure, backing off 0.2 s,
+        0.4 s, 0.8 s... (4 retries wait 3 s in all: a restarting worker's load time). The response
+        carries ``hap_attempts``."""
         path = f"/predictions/{MODEL_NAME}" + (f"/{version}" if version else "")
-        headers = {"Authorization": f"Bearer {self.keys()['inference']}", "Content-Type": "application/json"}
         data = body if isinstance(body, bytes | str) else json.dumps(body)
-        return requests.post(f"{self.inference_url}{path}", data=data, headers=headers, timeout=timeout)
+        headers = {"Content-Type": "application/json"}
+        for attempt in range(retries + 1):
+            resp = self._call("inference", "POST", f"{self.inference_url}{path}", data=data, headers=headers,
+                              timeout=timeout)  # fmt: skip
+            resp.hap_attempts = attempt + 1  # type: ignore[attr-defined]
+            if attempt == retries or transient_failure(resp) is None:
+                return resp
+            time.sleep(0.2 * 2**attempt)
+        return resp
 
     def versions(self) -> list[dict[str, Any]]:
         """Registered versions of the model, each with ``modelVersion`` and whether it is default."""
         r = self._mgmt("GET", f"/models/{MODEL_NAME}/all")
         if r.status_code == 404:
             return []
-        r.raise_for_status()
+        _raise_for(r, "list versions")
         return r.json()
+
+    def describe(self, version: str) -> dict[str, Any]:
+        """One version's state: its workers (pid, status, resident memory), batching and queue."""
+        r = self._mgmt("GET", f"/models/{MODEL_NAME}/{version}")
+        _raise_for(r, f"describe {version}")
+        return _summary(r.json()[0])
 
     def default_version(self) -> str | None:
         r = self._mgmt("GET", f"/models/{MODEL_NAME}")
         if r.status_code == 404:
             return None
-        r.raise_for_status()
+        _raise_for(r, "describe the default version")
         return r.json()[0]["modelVersion"]
 
-    def register(self, mar_file: str, workers: int = 1) -> None:
-        params = {"url": mar_file, "initial_workers": workers, "synchronous": "true"}
-        r = self._mgmt("POST", "/models", params=params)
-        if r.status_code >= 300:
-            raise ServingError(f"register {mar_file} failed: {r.status_code} {r.text}")
+    def register(self, mar_file: str) -> None:
+        """Register an archive; its workers come from the archive's ``model-config.yaml``."""
+        params = {"url": mar_file, "synchronous": "true"}
+        _raise_for(self._mgmt("POST", "/models", params=params), f"register {mar_file}")
 
     def set_default(self, version: str) -> None:
-        r = self._mgmt("PUT", f"/models/{MODEL_NAME}/{version}/set-default")
-        if r.status_code >= 300:
-            raise ServingError(f"set-default {version} failed: {r.status_code} {r.text}")
+        _raise_for(self._mgmt("PUT", f"/models/{MODEL_NAME}/{version}/set-default"), f"set-default {version}")
 
     def unregister(self, version: str) -> None:
         r = self._mgmt("DELETE", f"/models/{MODEL_NAME}/{version}")
-        if r.status_code >= 300 and r.status_code != 404:
-            raise ServingError(f"unregister {version} failed: {r.status_code} {r.text}")
+        if r.status_code != 404:
+            _raise_for(r, f"unregister {version}")
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    """The parts of TorchServe's model description on-call needs; memory measured with psutil
+    (TorchServe reports 0 with system metrics off)."""
+
+    def rss_mb(pid: int | None) -> float | None:
+        try:
+            return round(psutil.Process(pid).memory_info().rss / 2**20, 1) if pid else None
+        except psutil.Error:
+            return None
+
+    workers = [{"pid": w.get("pid"), "status": w.get("status"), "memory_mb": rss_mb(w.get("pid"))}
+               for w in d.get("workers", [])]  # fmt: skip
+    queue = d.get("jobQueueStatus", {})
+    return {"workers": workers, "batch_size": d.get("batchSize"), "max_batch_delay_ms": d.get("maxBatchDelay"),
+            "queued": queue.get("pendingRequests"), "queue_free": queue.get("remainingCapacity")}  # fmt: skip
+
+
+def _raise_for(resp: requests.Response, what: str) -> None:
+    if resp.status_code >= 300:
+        raise ServingError(f"{what} failed: {resp.status_code} {resp.text[:300]}")
+
+
+def frontend_properties(cfg: ServingConfig) -> dict[str, str]:
+    """The ``config.properties`` settings shared by the local server and the container image."""
+    return {
+        "metrics_mode": "prometheus",
+        "default_workers_per_model": "1",
+        "disable_system_metrics": "true",
+        "install_py_dep_per_model": "false",
+        "default_response_timeout": str(cfg.response_timeout_s),
+        "decode_input_request": "false",  # bodies reach the handler as bytes: it bounds and parses them
+        "async_logging": "true",
+        "max_request_size": str(cfg.max_request_mb * 2**20),
+        "job_queue_size": str(cfg.job_queue_size),
+        "token_expiration_min": str(cfg.token_expiration_min),
+        "vmargs": f"-Xmx{cfg.jvm_heap_mb}m -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError",
+    }

@@ -4,6 +4,7 @@ Airflow reads ``AIRFLOW_HOME`` when first imported, so it is set here, before an
 """
 
 import contextlib
+import json
 import os
 import socket
 import tempfile
@@ -46,7 +47,7 @@ def _free_port_block(n: int) -> int:
 os.environ["HAP_SERVE_PORT"] = str(_free_port_block(5))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def free_port_block():
     """A function giving a base port with ``n`` consecutive free ports on 127.0.0.1."""
     return _free_port_block
@@ -85,8 +86,12 @@ def _bad_request_cases(body: dict, routing) -> list[tuple[str, object, str, str]
     ``body`` is a valid request; ``routing`` gives the limits (max candidates, max K). A ``bytes``
     body is sent as is (malformed JSON).
     """
+    from hap_runtime.spec import DEFAULT_SPEC
+    from serving.deploy import columnar
+
     c0, user = body["candidates"][0], body["user"]
     too_many = [c0] * (routing.max_candidates + 1)
+    seq_cap, columns, n = DEFAULT_SPEC.sequence.max_len, columnar(body), len(body["candidates"])
     return [
         ("malformed JSON", b"{nope", "body", "malformed_json"),
         ("truncated JSON", b'{"user": {', "body", "malformed_json"),
@@ -112,16 +117,43 @@ def _bad_request_cases(body: dict, routing) -> list[tuple[str, object, str, str]
         ("string for a number", {**body, "candidates": [{**c0, "duration_s": "9"}]}, "candidates[0].duration_s",
          "wrong_type"),
         ("null value", {**body, "user": {**user, "city": None}}, "user.city", "wrong_type"),
-        ("NaN feature", {**body, "candidates": [{**c0, "item_ctr_7d": float("nan")}]}, "candidates[0].item_ctr_7d",
-         "non_finite"),
-        ("inf feature", {**body, "candidates": [{**c0, "duration_s": float("inf")}]}, "candidates[0].duration_s",
-         "non_finite"),
+        ("NaN literal (not JSON)", {**body, "candidates": [{**c0, "item_ctr_7d": float("nan")}]}, "body",
+         "malformed_json"),
+        ("Infinity literal (not JSON)", {**body, "candidates": [{**c0, "duration_s": float("inf")}]}, "body",
+         "malformed_json"),
         ("bool as int", {**body, "candidates": [{**c0, "category": True}]}, "candidates[0].category", "wrong_type"),
         ("id beyond int64", {**body, "candidates": [{**c0, "item_id": 2**64}]}, "candidates[0].item_id",
          "out_of_range"),
         ("empty candidates", {**body, "candidates": []}, "candidates", "empty"),
         ("too many candidates", {**body, "candidates": too_many}, "candidates", "too_many"),
-        ("bad sequence", {**body, "user": {**user, "hist_item_ids": ["x"]}}, "user.hist_item_ids", "wrong_type"),
+        ("bad sequence", {**body, "user": {**user, "hist_item_ids": ["x"]}}, "user.hist_item_ids[0]", "wrong_type"),
+        ("sequence not a list", {**body, "user": {**user, "hist_item_ids": 5}}, "user.hist_item_ids", "wrong_type"),
+        ("history id zero", {**body, "user": {**user, "hist_item_ids": [4, 0]}}, "user.hist_item_ids[1]",
+         "out_of_range"),
+        ("history beyond the contract's cap", {**body, "user": {**user, "hist_item_ids": [7] * (seq_cap + 1)}},
+         "user.hist_item_ids", "too_long"),
+        ("item id zero", {**body, "candidates": [c0, {**c0, "item_id": 0}]}, "candidates[1].item_id", "out_of_range"),
+        ("negative author id", {**body, "candidates": [{**c0, "author_id": -7}]}, "candidates[0].author_id",
+         "out_of_range"),
+        ("ctr above its range", {**body, "candidates": [{**c0, "item_ctr_7d": 1.5}]}, "candidates[0].item_ctr_7d",
+         "out_of_range"),
+        ("category beyond its vocabulary size", {**body, "candidates": [{**c0, "category": 32}]},
+         "candidates[0].category", "out_of_range"),
+        ("user id zero", {**body, "user": {**user, "user_id": 0}}, "user.user_id", "out_of_range"),
+        ("nested 5,000 deep", b"[" * 5000 + b"]" * 5000, "body", "too_deep"),
+        ("integer of 5,000 digits", b'{"user": ' + b"7" * 5000 + b"}", "body", "out_of_range"),
+        ("not UTF-8", b'{"user": "\xff\xfe"}', "body", "malformed_json"),
+        ("body over the size limit", json.dumps(body).encode() + b" " * routing.max_body_bytes, "body", "too_large"),
+        ("both layouts", {**columns, "candidates": body["candidates"]}, "items", "unknown_field"),
+        ("column not a list", {**columns, "items": {**columns["items"], "category": 3}}, "items.category",
+         "wrong_type"),
+        ("columns of different lengths", {**columns, "items": {**columns["items"], "author_id": []}},
+         "items.author_id", "length_mismatch"),
+        ("column with a null", {**columns, "items": {**columns["items"], "duration_s": [None] * n}},
+         "items.duration_s[0]", "wrong_type"),
+        ("missing column", {**columns, "items": {k: v for k, v in columns["items"].items() if k != "title_len"}},
+         "items.title_len", "missing_field"),
+        ("empty columns", {**columns, "items": {k: [] for k in columns["items"]}}, "items", "empty"),
         ("k out of range", {**body, "k": routing.max_k + 1}, "k", "out_of_range"),
         ("negative k", {**body, "k": -1}, "k", "out_of_range"),
         ("m out of range", {**body, "m": 0}, "m", "out_of_range"),

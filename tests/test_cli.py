@@ -15,3 +15,18 @@ def test_simulate_then_validate(tmp_path, monkeypatch, capsys):
         assert (partition_dir(data, "candidates", ds) / "part-0.parquet").exists()
     assert main(["validate", "--ds", "2026-11-21"]) == 0
     assert "passed" in capsys.readouterr().out
+
+
+def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, capsys):
+    """A refused step or an unknown version is an error message, not a traceback."""
+    from hap.cli import main
+
+    home = str(tmp_path / "ws")
+    assert main(["--home", home, "deploy", "--ds", "2026-11-22", "--version", "20990101.7"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown version '20990101.7'" in err and "Traceback" not in err
+    assert main(["--home", home, "package", "--ds", "2026-11-22"]) == 1
+    err = capsys.readouterr().err
+    assert "no gate decision" in err and "Traceback" not in err
+    assert main(["--home", home, "shadow", "promote"]) == 1
+    assert "no shadow version is running" in capsys.readouterr().err

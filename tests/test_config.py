@@ -1,6 +1,7 @@
 import pytest
 
-from hap.config import HapConfig, ModelConfig
+from hap.config import HapConfig
+from hap_runtime.config import ModelConfig
 
 
 def test_config_round_trips_through_json():

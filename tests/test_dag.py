@@ -52,11 +52,13 @@ def test_daily_dag_wiring_retries_and_alerts(bag):
 
 def test_daily_dag_params_are_validated(bag):
     dag = bag.dags["hap_daily"]
-    assert set(dag.params) == {"window_days", "skip_deploy", "force_deploy", "force_reason", "kfp_mode"}
+    assert set(dag.params) == {"window_days", "skip_deploy", "force_deploy", "force_reason", "kfp_mode", "shadow"}
     ok = copy.deepcopy(dag.params)
-    ok.update({"window_days": 7, "kfp_mode": "cluster"})
+    ok.update({"window_days": 7, "kfp_mode": "cluster", "shadow": True})
     ok.validate()
-    for bad in ({"window_days": 0}, {"window_days": "three"}, {"kfp_mode": "spark"}, {"skip_deploy": "yes"}):
+    bad_values = ({"window_days": 0}, {"window_days": "three"}, {"kfp_mode": "spark"}, {"skip_deploy": "yes"},
+                  {"shadow": "maybe"})  # fmt: skip
+    for bad in bad_values:
         params = copy.deepcopy(dag.params)
         with pytest.raises(Exception):  # noqa: B017 - Airflow raises ParamValidationError
             params.update(bad)

@@ -16,7 +16,7 @@ from components.launch import torchrun_command, train, worker_args
 from hap.config import HapConfig, SimConfig
 from hap.simulator import CascadeSimulator
 from hap.workspace import Workspace
-from models.nets import WEIGHTS_FILE
+from hap_runtime.nets import WEIGHTS_FILE
 from models.steps import evaluate, prepare
 
 pytestmark = pytest.mark.slow

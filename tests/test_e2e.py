@@ -55,46 +55,22 @@ def test_daily_run_validates_trains_gates_and_serves(ws, server):
 
 
 def test_token_auth_is_on(ws, server):
+    """A valid request without the token, or with a wrong one, is refused by TorchServe's auth (not
+    by our parser); the same request with the inference key is answered."""
     import requests
 
-    r = requests.post(f"{server.inference_url}/predictions/{MODEL_NAME}", json={}, timeout=10)
-    assert r.status_code in (400, 401)
-    assert requests.get(f"{server.management_url}/models", timeout=10).status_code in (400, 401)
-
-
-def test_every_bad_input_through_torchserve_gets_a_4xx_and_the_worker_keeps_serving(ws, server, bad_requests):
-    import requests
-
-    from hap.config import RoutingConfig
-
-    good = sample_request(ws.data, FIRST, 30, seed=1)
-    for name, bad, field, kind in bad_requests(good, RoutingConfig()):
-        r = server.predict(bad)
-        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
-        assert (r.json()["field"], r.json()["kind"]) == (field, kind), name
-        assert server.predict(good).status_code == 200, f"worker stopped serving after: {name}"
-    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    for kind in {case[3] for case in bad_requests(good, RoutingConfig())}:
-        assert f'HapRequestErrors{{ModelName="{MODEL_NAME}",Level="Model",ErrorKind="{kind}"' in metrics, kind
-    for name in ("HapLightMs_count", "HapExpressiveMs_count", "HapCandidatesScored", "HapCandidatesRouted"):
-        assert f"\n{name}{{" in metrics, name
-
-
-def test_concurrent_requests_are_batched_and_each_answered_on_its_own(ws, server):
-    """Requests from several clients share a TorchServe batch; a bad neighbour does not spoil it."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    bodies = [sample_request(ws.data, FIRST, 200, seed=s) for s in range(4)]
-    jobs = [(b, 200) for b in bodies] * 4 + [({**bodies[0], "k": -1}, 400)] * 4
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        answers = list(pool.map(lambda job: server.predict(job[0]), jobs))
-    for (_, status), r in zip(jobs, answers, strict=True):
-        assert r.status_code == status, r.text
-    alone = [server.predict(b).json()["items"] for b in bodies]
-    for i, r in enumerate(answers[:16]):
-        got = r.json()["items"]
-        assert [it["item_id"] for it in got] == [it["item_id"] for it in alone[i % 4]]
-        assert max(abs(g["score"] - w["score"]) for g, w in zip(got, alone[i % 4], strict=True)) < 1e-4
+    body = sample_request(ws.data, FIRST, 20, seed=2)
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-the-key"},
+        {"Authorization": f"Bearer {server.keys.key('management')}"},
+    ):
+        r = requests.post(url, json=body, headers=headers, timeout=10)
+        assert r.status_code in (400, 401) and "InvalidKeyException" in r.text, (headers, r.status_code, r.text)
+    r = requests.get(f"{server.management_url}/models", timeout=10)
+    assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
+    assert server.predict(body).status_code == 200
 
 
 def test_rerunning_a_day_creates_no_duplicates(ws, server):
@@ -139,7 +115,7 @@ def test_a_version_that_cannot_load_is_unregistered_and_serving_is_unchanged(ws,
     import shutil
 
     from hap.flow import deploy
-    from serving.deploy import DeployFailed
+    from serving.errors import DeployFailed
 
     registry = Registry(ws)
     broken = registry.version_dir("20261124.9")
@@ -167,6 +143,8 @@ def test_second_day_deploys_then_rollback_restores_the_previous_version(ws, serv
     pointer = Registry(ws).production()
     assert pointer["version"] == "20261122.1" and "CTR dip" in pointer["reason"]
     assert server.default_version() == "20261122.1"
+    # production plus the version rolled back from (kept warm to roll forward), nothing else
+    assert {v["modelVersion"] for v in server.versions()} == {"20261122.1", "20261123.1"}
     assert server.predict(sample_request(ws.data, FIRST, 50)).json()["model_version"] == "20261122.1"
 
 

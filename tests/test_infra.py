@@ -75,6 +75,17 @@ def test_dockerfile_copies_what_exists_and_exposes_the_configured_ports(props):
     assert "--enable-model-api" not in entry
 
 
+def test_container_renews_its_keys_and_logs_like_the_local_server(props):
+    from serving.server import LOG_CONFIG
+
+    entry = (INFRA / "torchserve" / "entrypoint.sh").read_text()
+    assert "python -m serving.keys" in entry  # the key keeper runs beside TorchServe
+    lifetime_s = float(re.search(r"--lifetime-s (\S+)", entry).group(1))
+    assert lifetime_s == float(props["token_expiration_min"]) * 60
+    target = re.search(r"--log-config (\S+)", entry).group(1)
+    assert f"COPY serving/{LOG_CONFIG.name} {target}" in _dockerfile("torchserve")
+
+
 def test_deployment_and_service_are_consistent(objects, props):
     deploy, svc = objects["V1Deployment"], objects["V1Service"]
     labels = deploy.spec.template.metadata.labels

@@ -44,9 +44,9 @@ def test_ndcg_and_gauc():
 
 def test_flops_follow_routing():
     from hap.config import HapConfig
-    from hap.features import DEFAULT_SPEC
+    from hap_runtime.nets import PreRanker
+    from hap_runtime.spec import DEFAULT_SPEC
     from models.metrics import flops_per_request
-    from models.nets import PreRanker
 
     cfg = HapConfig()
     light, expr = PreRanker(cfg.light, DEFAULT_SPEC), PreRanker(cfg.expressive, DEFAULT_SPEC)

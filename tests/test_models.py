@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from hap import SOURCES
-from hap.config import HapConfig, ModelConfig, TrainConfig
-from hap.features import DEFAULT_SPEC
+from hap.config import HapConfig, TrainConfig
+from hap_runtime.config import ModelConfig
+from hap_runtime.nets import PreRanker, load_model, save_model
+from hap_runtime.spec import DEFAULT_SPEC
 from models.data import EncodedData, encode_tables, holdout_mask
 from models.metrics import predict
-from models.nets import PreRanker, load_model, save_model
 from models.train import train_expressive, train_model
 
 FAST = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))

@@ -69,6 +69,24 @@ def test_skip_deploy_trains_gates_and_packages_only(ws, lenient_gate):
     assert Registry(ws).production()["version"] == before
 
 
+def test_the_shadow_param_deploys_beside_production(ws, lenient_gate):
+    """With ``shadow`` the day's version is registered and smoked but production keeps answering; the
+    serving home names the shadow for production's worker to mirror to."""
+    from serving.deploy import shadow_state
+
+    before = (Registry(ws).production() or {}).get("version")
+    states = run_day(NEW, ws, conf={"shadow": True})
+    assert states["deploy"] == "success", states
+    server = LocalTorchServe(ws.serving)
+    version = json.loads((ws.run_dir(NEW) / "promotion.json").read_text())["version"]
+    if before is None or before == version:  # nothing else in production: a shadow has no one to mirror
+        assert Registry(ws).production()["version"] == version
+    else:
+        assert Registry(ws).production()["version"] == before == server.default_version()
+        assert shadow_state(server)["shadow"] == version and shadow_state(server)["production"] == before
+        assert version in {v["modelVersion"] for v in server.versions()}
+
+
 def test_a_late_partition_is_waited_for(ws, lenient_gate, tmp_path):
     aside = {}
     for table in ("requests", "candidates"):

@@ -1,4 +1,5 @@
-"""The two-stage scorer in-process: routing, offline/online agreement, and every bad input."""
+"""The two-stage scorer and its request codec in-process: routing, layouts, offline/online agreement,
+every bad input, and the handler's isolation of a failing request inside its batch."""
 
 import json
 import math
@@ -9,16 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hap.config import HapConfig, RoutingConfig, TrainConfig
-from hap.features import DEFAULT_SPEC
+from hap.config import HapConfig, TrainConfig
+from hap_runtime.codec import RequestError, decode_body
+from hap_runtime.config import RoutingConfig
+from hap_runtime.nets import save_model
+from hap_runtime.scorer import TwoStageScorer
+from hap_runtime.spec import DEFAULT_SPEC
 from models.data import encode_tables
 from models.metrics import predict
-from models.nets import save_model
 from models.train import train_expressive, train_light
-from serving.scorer import RequestError, TwoStageScorer, decode_body
+from serving.deploy import columnar
 
 CFG = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))
-ROUTING = RoutingConfig(k=8, m=5, max_candidates=300, max_k=100)
+ROUTING = RoutingConfig(k=8, m=5, max_candidates=300, max_k=100, max_body_bytes=200_000)
 USER_FIELDS = [f.name for f in DEFAULT_SPEC.features if f.side == "user"]
 ITEM_FIELDS = [f.name for f in DEFAULT_SPEC.side("item")]
 
@@ -88,7 +92,8 @@ def test_unknown_ids_are_hashed_not_rejected(scorer, small_day):
 def test_every_bad_input_names_its_field_and_kind(scorer, small_day, bad_requests):
     for name, bad, field, kind in bad_requests(logged_request(small_day), ROUTING):
         with pytest.raises(RequestError) as err:
-            scorer(decode_body(bad))
+            raw = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
+            scorer(decode_body(raw, ROUTING.max_body_bytes))
         assert (err.value.field, err.value.kind) == (field, kind), name
         assert 400 <= err.value.status < 500
 
@@ -120,7 +125,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def _parse_or_reject(scorer, body):
     """The parser's contract: a parsed request or a ``RequestError`` naming a field, nothing else."""
     try:
-        return scorer.parse(decode_body(body))
+        return scorer.parse(decode_body(body, ROUTING.max_body_bytes))
     except RequestError as err:
         assert err.field and err.message and 400 <= err.status < 500
         return None
@@ -151,23 +156,122 @@ def test_fuzz_one_field_replaced_by_any_json(scorer, small_day, data, value):
 
 
 def _feature_value(f):
+    """Any value the contract allows: declared ranges, any id >= 1, any string (unknown → index 0)."""
     if f.vocab:
-        return st.sampled_from(f.vocab) | st.text(max_size=6)  # unknown strings map to index 0
+        return st.sampled_from(f.vocab) | st.text(max_size=6)
+    low = -(2**63) if f.low is None else int(f.low)
+    high = 2**63 - 1 if f.high is None else int(f.high)
     if f.kind == "bucket":
-        return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**6), 10**6)
-    return st.integers(-(2**63), 2**63 - 1)  # ids hashed, categorical out of range → index 0
+        return st.floats(f.low, f.high, allow_nan=False) | st.integers(low, high)
+    return st.integers(low, high)
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzz_any_well_typed_request_is_answered(scorer, data):
     user = {f.name: data.draw(_feature_value(f)) for f in DEFAULT_SPEC.side("user")}
-    user["hist_item_ids"] = data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=80))
+    cap = DEFAULT_SPEC.sequence.max_len
+    user["hist_item_ids"] = data.draw(st.lists(st.integers(1, 2**63 - 1), max_size=cap))
     item = st.fixed_dictionaries({f.name: _feature_value(f) for f in DEFAULT_SPEC.side("item")})
     cands = data.draw(st.lists(item, min_size=1, max_size=40))
     k, m = data.draw(st.integers(0, ROUTING.max_k)), data.draw(st.integers(1, ROUTING.max_candidates))
     answer = scorer({"user": user, "candidates": cands, "k": k, "m": m})
+    n = len({c["item_id"] for c in cands})  # a repeated item_id is answered once
     items = answer["items"]
-    assert len(items) == min(m, len(cands)) and [it["rank"] for it in items] == list(range(1, len(items) + 1))
+    assert answer["n_candidates"] == n and answer["duplicates"] == len(cands) - n
+    assert len(items) == min(m, n) and [it["rank"] for it in items] == list(range(1, len(items) + 1))
+    assert len({it["item_id"] for it in items}) == len(items)
     assert all(math.isfinite(it["score"]) for it in items)
-    assert sum(it["stage"] == "expressive" for it in items) == min(k, len(cands), m)
+    assert sum(it["stage"] == "expressive" for it in items) == min(k, n, m)
+
+
+# ---- layouts, duplicates and body decoding ----
+
+
+def test_columns_layout_answers_exactly_like_rows(scorer, small_day):
+    body = {**logged_request(small_day, 2), "k": 3, "m": 10}
+    assert scorer(columnar(body)) == scorer(body)
+
+
+def test_a_repeated_item_is_answered_once_with_its_first_occurrence(scorer, small_day):
+    body = {**logged_request(small_day, 1), "k": 4, "m": 300}
+    cands = body["candidates"]
+    other = {**cands[0], "category": (cands[0]["category"] + 1) % 32}  # same item, other features: ignored
+    out = scorer({**body, "candidates": [*cands, other, cands[1]]})
+    want = scorer(body)
+    assert out["duplicates"] == 2 and want["duplicates"] == 0
+    assert out["n_candidates"] == want["n_candidates"] == len(cands)
+    assert out["items"] == want["items"]
+
+
+def test_text_bytes_and_decoded_bodies_parse_alike(scorer, small_day):
+    body = logged_request(small_day, 4)
+    text = json.dumps(body)
+    parsed = [scorer.parse(decode_body(raw, ROUTING.max_body_bytes)) for raw in (text, text.encode(), body)]
+    assert all(p.item_ids == parsed[0].item_ids and (p.item_x == parsed[0].item_x).all() for p in parsed)
+
+
+# ---- the handler: one failing request never fails its batch ----
+
+
+class _Context:
+    """The parts of TorchServe's per-batch context the handler uses (metrics off)."""
+
+    metrics = None
+    model_name = "hap"
+
+    def __init__(self) -> None:
+        self.status: dict[int, int] = {}
+        self.headers: dict[int, dict[str, str]] = {}
+
+    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+        assert phrase.isprintable() and "\n" not in phrase
+        self.status[idx] = code
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        assert value == "application/json"
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
+
+
+class _PoisonedScorer(TwoStageScorer):
+    """Fails whenever a request asking for k=7 is in the batch: a scoring error of one request."""
+
+    def score_batch(self, reqs):
+        if any(r.k == 7 for r in reqs):
+            raise RuntimeError("poisoned request")
+        return super().score_batch(reqs)
+
+
+def _handler(scorer):
+    from hap_runtime.handler import HapTwoStageHandler
+
+    handler = HapTwoStageHandler()
+    handler.scorer, handler.initialized = scorer, True
+    return handler
+
+
+def test_handler_isolates_bad_bodies_and_a_failing_score_inside_a_batch(model_dir, small_day, bad_requests):
+    handler = _handler(_PoisonedScorer(model_dir))
+    good = [{**logged_request(small_day, i), "k": 3, "m": 4} for i in range(4)]
+    cases = bad_requests(good[0], ROUTING)
+    rows = [{"body": json.dumps(b).encode()} for b in good]
+    rows += [{"body": bad if isinstance(bad, bytes) else json.dumps(bad).encode()} for _, bad, _, _ in cases]
+    rows.append({"body": json.dumps({**good[0], "k": 7}).encode()})  # parses, then fails to score
+    rows.append({"data": json.dumps(good[1]).encode()})  # TorchServe's other key for a body
+    ctx = _Context()
+    out = handler.handle(rows, ctx)
+    assert len(out) == len(rows)
+    for i, body in enumerate([*good, None]):
+        if body is None:
+            continue
+        answer = json.loads(out[i])
+        assert i not in ctx.status and answer["items"] == handler.scorer(body)["items"], i
+        assert float(ctx.headers[i]["X-Hap-Worker-Ms"]) > 0
+    for j, (name, _, field, kind) in enumerate(cases, start=len(good)):
+        err = json.loads(out[j])
+        assert (err["field"], err["kind"]) == (field, kind) and 400 <= ctx.status[j] < 500, name
+    poisoned = len(good) + len(cases)
+    assert ctx.status[poisoned] == 500 and json.loads(out[poisoned])["kind"] == "internal"
+    assert json.loads(out[-1])["items"] == json.loads(out[1])["items"]

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hap.contract import write_partition
-from hap.features import DEFAULT_SPEC
+from hap_runtime.spec import DEFAULT_SPEC
 from models.data import holdout_mask, load_day
 from models.stream import ShardStream, from_table, read_shards, shard_files, to_table, write_day_shards
 

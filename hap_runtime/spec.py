@@ -1,21 +1,18 @@
 """The one feature spec: read by the contract, the simulator, validation, training and serving.
 
-Every feature encodes to a small integer index into its embedding table; index 0 is reserved
-for missing / out-of-vocabulary / padding so that bad or unseen values degrade, never crash.
+Standard library only, so validation reads it without importing torch. Every feature encodes to a
+small integer index into its embedding table (``hap_runtime.encode``); index 0 is reserved for
+missing / out-of-vocabulary / padding so that unseen values degrade, never crash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import numpy as np
-
 Side = Literal["user", "item"]
 Kind = Literal["id", "categorical", "bucket", "sequence"]
-
-_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -116,47 +113,3 @@ DEFAULT_SPEC = FeatureSpec(
         Feature("title_len", "item", "bucket", boundaries=(10, 20, 40, 80), low=0, high=500),
     )
 )
-
-
-def hash_ids(values: np.ndarray, size: int) -> np.ndarray:
-    """Multiplicative hash of int64 ids into [1, size]; stable across processes and machines."""
-    v = np.asarray(values, dtype=np.int64).astype(np.uint64)
-    h = (v * _HASH_MULT) >> np.uint64(33)
-    return (h % np.uint64(size)).astype(np.int64) + 1
-
-
-def encode_column(feature: Feature, values: Any, spec: FeatureSpec) -> np.ndarray:
-    """Encode one non-sequence column (numpy-like or list) to int64 embedding indices."""
-    if feature.kind == "id":
-        arr = np.asarray(values, dtype=np.int64)
-        return hash_ids(arr, feature.size)
-    if feature.kind == "bucket":
-        arr = np.asarray(values, dtype=np.float64)
-        idx = np.searchsorted(np.asarray(feature.boundaries), arr, side="right") + 1
-        return np.where(np.isfinite(arr), idx, 0).astype(np.int64)
-    if feature.vocab:
-        lookup = {v: i + 1 for i, v in enumerate(feature.vocab)}
-        return np.fromiter((lookup.get(v, 0) for v in values), dtype=np.int64, count=len(values))
-    arr = np.asarray(values, dtype=np.int64)
-    return np.where((arr >= 0) & (arr < feature.size), arr + 1, 0).astype(np.int64)
-
-
-def encode_sequences(seqs: Sequence[Sequence[int]], spec: FeatureSpec) -> np.ndarray:
-    """Encode ragged id lists to a (B, L) index matrix, left-aligned, 0-padded, truncated to max_len."""
-    feat = spec.sequence
-    table = spec[feat.shares]
-    out = np.zeros((len(seqs), feat.max_len), dtype=np.int64)
-    lengths = np.fromiter((min(len(s), feat.max_len) for s in seqs), dtype=np.int64, count=len(seqs))
-    if lengths.sum() == 0:
-        return out
-    flat = np.concatenate([np.asarray(s[: feat.max_len], dtype=np.int64) for s in seqs if len(s)])
-    rows = np.repeat(np.arange(len(seqs)), lengths)
-    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = hash_ids(flat, table.size)
-    return out
-
-
-def encode_side(columns: Mapping[str, Any], spec: FeatureSpec, side: Side) -> np.ndarray:
-    """Encode every non-sequence feature of one side into a (rows, F) int64 matrix."""
-    feats = spec.side(side)
-    return np.stack([encode_column(f, columns[f.name], spec) for f in feats], axis=1)

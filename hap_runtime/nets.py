@@ -1,7 +1,7 @@
 """The light and expressive pre-ranking models, composed of small named parts.
 
-No training code here: serving imports this module alone and loads weights with
-``torch.load(weights_only=True)``.
+No training code here (the losses live in ``models``): the serving worker imports this module from
+the archive and loads weights with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hap.config import ModelConfig
-from hap.features import Feature, FeatureSpec
+from hap_runtime.config import ModelConfig
+from hap_runtime.spec import Feature, FeatureSpec
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 
 
 class Embeddings(nn.Module):
-    """One table per feature; the behaviour sequence reuses its shared table (item ids)."""
+    """One table per feature; the behaviour sequence reuses its shared table (item ids).
+
+    For inference, ``fuse()`` concatenates each side's tables into one so a side is a single lookup
+    (the same rows, so the same numbers); training mode drops the fused copy.
+    """
 
     def __init__(self, spec: FeatureSpec, dim: int) -> None:
         super().__init__()
@@ -29,9 +33,26 @@ class Embeddings(nn.Module):
         self.tables = nn.ModuleDict(
             {f.name: nn.Embedding(f.table_size, dim) for f in spec.features if f.kind != "sequence"}
         )
+        self._fused: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def fuse(self) -> None:
+        for side in ("user", "item"):
+            names = tuple(f.name for f in self.spec.side(side))
+            weights = [self.tables[n].weight.detach() for n in names]
+            offsets = torch.tensor([0, *torch.cumsum(torch.tensor([w.shape[0] for w in weights]), 0)[:-1].tolist()])
+            self._fused[names] = (torch.cat(weights), offsets)
+
+    def train(self, mode: bool = True) -> Embeddings:
+        if mode:
+            self._fused = {}
+        return super().train(mode)
 
     def side(self, x: torch.Tensor, feats: tuple[Feature, ...]) -> torch.Tensor:
         """(N, F) indices → (N, F * D) concatenated embeddings."""
+        fused = self._fused.get(tuple(f.name for f in feats)) if self._fused else None
+        if fused is not None:
+            weight, offsets = fused
+            return nn.functional.embedding(x + offsets, weight).flatten(1)  # (N, F, D) → (N, F * D)
         return torch.cat([self.tables[f.name](x[:, j]) for j, f in enumerate(feats)], dim=-1)
 
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
@@ -153,11 +174,14 @@ def save_model(model: PreRanker, directory: str | Path) -> None:
 
 
 def load_model(directory: str | Path) -> PreRanker:
-    """Rebuild from JSON and load weights with ``weights_only=True`` (no pickled code runs)."""
+    """Rebuild from JSON and load weights with ``weights_only=True`` (no pickled code runs), in eval
+    mode with fused embedding lookups."""
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     cfg = meta["config"]
     cfg["mlp_dims"] = tuple(cfg["mlp_dims"])
     model = PreRanker(ModelConfig(**cfg), FeatureSpec.from_dict(meta["spec"]))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
-    return model.eval()
+    model.eval()
+    model.embeddings.fuse()
+    return model

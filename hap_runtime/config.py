@@ -1,0 +1,31 @@
+"""The parts of the configuration an archive carries: model sizes and routing with request limits.
+
+``hap.config.HapConfig`` embeds these dataclasses; the archive stores them as JSON
+(``model.json``, ``routing.json``) so the worker rebuilds them without the rest of the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of one model. Light: M MLP layers, no attention. Expressive: N > M layers + attention."""
+
+    emb_dim: int = 16
+    tower_dim: int = 32
+    mlp_dims: tuple[int, ...] = (64, 32)
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """DAMR routing at serving time (light on all N, expressive on the light top-K, answer top-M)
+    and the limits a request must keep. K and M may be overridden per request within the limits."""
+
+    k: int = 200
+    m: int = 50
+    max_candidates: int = 10000
+    max_k: int = 2000
+    max_body_bytes: int = 8 * 2**20  # larger bodies are answered 413 before they are parsed

@@ -1,0 +1,150 @@
+"""TorchServe entry point: a thin shell that translates requests for ``TwoStageScorer``.
+
+The archive carries this file at its root (TorchServe imports it as the module ``handler``, which
+must define exactly one class) and the ``hap_runtime`` package beside it; the worker imports nothing
+of the installed project, and ``initialize`` refuses to serve if it would.
+
+A batch (requests gathered across clients, up to the archive's ``batchSize``) is decoded and parsed
+request by request; the valid ones are scored together in one light and one expressive pass. Every
+failure is the failing request's alone: a bad body gets its own 4xx naming ``field`` and ``kind``,
+and if scoring the batch fails, each request is scored on its own so only the culprit gets a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hap_runtime.codec import DECODER, RequestError, decode_body
+from hap_runtime.scorer import TwoStageScorer
+from hap_runtime.shadow import WORKER_MS_HEADER, ShadowMirror
+from hap_runtime.telemetry import HandlerMetrics
+
+log = logging.getLogger(__name__)
+
+PROJECT_PACKAGES = ("hap", "models", "serving", "components", "expectations")
+"""The installed project's packages: a worker that imported one would not be determined by its archive."""
+
+
+def runtime_origin(model_dir: str | Path) -> dict[str, Any]:
+    """Check that every ``hap_runtime`` module in this process was loaded from ``model_dir`` and that
+    no project package was; returns the archive's runtime record (code fingerprint, torch version)."""
+    root = Path(model_dir).resolve()
+    for name, module in list(sys.modules.items()):
+        if name == "hap_runtime" or name.startswith("hap_runtime."):
+            origin = Path(getattr(module, "__file__", "") or "").resolve()
+            if not origin.is_relative_to(root):
+                raise RuntimeError(f"{name} was imported from {origin}, not from the archive at {root}")
+    loaded = [p for p in PROJECT_PACKAGES if p in sys.modules]
+    if loaded:
+        raise RuntimeError(f"the worker imported the installed project's packages {loaded}")
+    record = root / "runtime.json"
+    return json.loads(record.read_text()) if record.exists() else {}
+
+
+class HapTwoStageHandler:
+    def __init__(self) -> None:
+        self.scorer: TwoStageScorer | None = None
+        self.shadow: ShadowMirror | None = None
+        self.metrics = HandlerMetrics(None, "hap", "")
+        self.model_name = "hap"
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        model_dir = context.system_properties.get("model_dir")
+        runtime = runtime_origin(model_dir)
+        # TorchServe's worker logs an INFO line per batch to stdout, which the frontend parses: keep only
+        # warnings, and the metric lines (``ts.metrics``) and our own.
+        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("ts.metrics", __name__, "hap_runtime"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        threads = int(os.environ.get("HAP_TORCH_THREADS", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.scorer = TwoStageScorer(model_dir)
+        self.model_name = getattr(context, "model_name", None) or "hap"
+        self.shadow = ShadowMirror.from_env(self.model_name, self.scorer.version)
+        self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name, self.scorer.version)
+        self.metrics.flush(all_series=True)
+        self.metrics.start_idle_flusher()
+        self.initialized = True
+        log.info("HAP scorer %s loaded from %s (runtime %s, torch %s, %d threads, %s decoder)", self.scorer.version,
+                 model_dir, runtime.get("code_sha256", "?")[:12], torch.__version__, torch.get_num_threads(),
+                 DECODER.name)  # fmt: skip
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        start = time.perf_counter()
+        scorer, metrics = self.scorer, self.metrics
+        responses: list[str] = [""] * len(data)
+        parsed, bodies = [], []
+        for idx, row in enumerate(data):
+            context.set_response_content_type(idx, "application/json")
+            try:
+                raw = row.get("body") if row.get("body") is not None else row.get("data")
+                body = decode_body(raw, scorer.routing.max_body_bytes)
+                parsed.append((idx, scorer.parse(body)))
+                bodies.append(body)
+            except RequestError as err:
+                responses[idx] = self._reject(context, idx, err, metrics)
+            except Exception:  # a parser bug must fail this request only
+                log.exception("parsing request %d of the batch failed", idx)
+                err = RequestError("body", "internal error while reading the request", "internal", 500)
+                responses[idx] = self._reject(context, idx, err, metrics)
+        answered = []
+        if parsed:
+            for (idx, req), body, answer in zip(
+                parsed, bodies, self._score([r for _, r in parsed], metrics), strict=True
+            ):
+                if isinstance(answer, RequestError):
+                    responses[idx] = self._reject(context, idx, answer, metrics)
+                    continue
+                responses[idx] = json.dumps(answer)
+                answered.append((idx, body))
+                metrics.count("HapCandidatesScored", len(req.item_ids))
+                metrics.count("HapCandidatesRouted", answer["k"])
+                if req.duplicates:
+                    metrics.count("HapDuplicates", req.duplicates)
+        worker_ms = (time.perf_counter() - start) * 1e3
+        for idx, _ in answered:
+            context.set_response_header(idx, WORKER_MS_HEADER, f"{worker_ms:.3f}")
+        metrics.observe("request", worker_ms, n=len(data))
+        metrics.batch(len(parsed))
+        try:
+            metrics.maybe_flush()
+        except Exception:  # metrics must never fail an answered batch
+            log.exception("emitting metrics failed")
+        if self.shadow is not None and answered:
+            self.shadow.offer([b for _, b in answered], [responses[i] for i, _ in answered], worker_ms)
+        return responses
+
+    def _score(self, reqs: list, metrics: HandlerMetrics) -> list[dict[str, Any] | RequestError]:
+        """Score the batch in one pass; if that fails, score each request alone to isolate the culprit."""
+        try:
+            answers, times = self.scorer.score_batch(reqs)
+            metrics.observe("light", times.light_ms)
+            metrics.observe("expressive", times.expressive_ms)
+            return answers
+        except Exception:
+            log.exception("scoring a batch of %d failed; scoring its requests one by one", len(reqs))
+        out: list[dict[str, Any] | RequestError] = []
+        for req in reqs:
+            try:
+                out.append(self.scorer.score_batch([req])[0][0])
+            except Exception:
+                log.exception("scoring one request failed")
+                out.append(RequestError("body", "internal error while scoring this request", "internal", 500))
+        return out
+
+    @staticmethod
+    def _reject(context, idx: int, err: RequestError, metrics: HandlerMetrics) -> str:
+        phrase = "".join(ch if " " <= ch <= "~" else "?" for ch in err.message[:200])  # a safe HTTP reason phrase
+        context.set_response_status(err.status, phrase, idx)
+        metrics.error(err.kind)
+        return json.dumps(err.to_json())

@@ -1,0 +1,355 @@
+"""Serving that stays up, through a real ``torchserve`` on 127.0.0.1 with token auth: keys renewed
+under running clients, ten deploys leaving no worker behind, poison requests isolated inside their
+batches, a killed worker, shadow scoring, and the archive running on its own code."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+from hap.config import HapConfig, ServingConfig, TrainConfig
+from hap.contract import write_partition
+from hap.registry import Registry
+from hap.workspace import Workspace
+from hap_runtime.nets import save_model
+from hap_runtime.spec import DEFAULT_SPEC
+from models.data import encode_tables
+from models.train import train_expressive, train_light
+from serving.archive import archive_answers, archive_runtime, build_archive, extract_archive, mar_name
+from serving.deploy import columnar, deploy, promote_shadow, sample_request, shadow_report
+from serving.server import LocalTorchServe, Ports, transient_failure
+
+pytestmark = pytest.mark.slow
+
+DS = "2026-11-20"
+N_VERSIONS = 12
+SERVING = ServingConfig(token_expiration_min=1.0, key_renew_fraction=0.5, shadow_sample=1.0)
+CFG = HapConfig(serving=SERVING)
+
+
+def _make_versions(ws: Workspace, small_day, n: int) -> list[str]:
+    """``n`` registered versions with distinct weights: one small trained pair, the head bias nudged."""
+    data = encode_tables(small_day.requests, small_day.candidates, DEFAULT_SPEC, "click")
+    tcfg = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))
+    light, expressive = train_light(data, tcfg, DEFAULT_SPEC)[0], train_expressive(data, tcfg, DEFAULT_SPEC)[0]
+    versions = []
+    for i in range(n):
+        run = ws.root / "runs" / f"ds=2026-10-{i + 1:02d}"
+        for name, model in (("light", light), ("expressive", expressive)):
+            with_bias = copy.deepcopy(model)
+            with_bias.head.bias.data += 0.01 * i
+            save_model(with_bias, run / name)
+        evaluation = {"holdout": {"days": [DS], "ds": DS}, "candidate": {"light.auc.overall": 0.8}}
+        (run / "evaluation.json").write_text(json.dumps(evaluation))
+        versions.append(Registry(ws).register(f"2026-10-{i + 1:02d}", run))
+    return versions
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, small_day):
+    ws = Workspace(tmp_path_factory.mktemp("serving"))
+    write_partition(ws.data, "requests", DS, small_day.requests)
+    write_partition(ws.data, "candidates", DS, small_day.candidates)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def versions(ws, small_day) -> list[str]:
+    return _make_versions(ws, small_day, N_VERSIONS)
+
+
+@pytest.fixture(scope="module")
+def server(ws, free_port_block):
+    base = free_port_block(5)
+    server = LocalTorchServe(ws.serving, Ports(base, base + 1, base + 2, base + 3, base + 4), SERVING)
+    assert server.start() is True
+    yield server
+    server.stop()
+    assert server.pid() is None and server.keeper_pid() is None
+
+
+@pytest.fixture
+def production(ws, server, versions) -> str:
+    """A default version being served (each test also runs alone)."""
+    if server.default_version() is None:
+        deploy(ws, versions[0], CFG, server, smoke_ds=DS, reason="fixture")
+    return server.default_version()
+
+
+def _twin(server: LocalTorchServe) -> LocalTorchServe:
+    """Another client of the same server (its own HTTP session and key cache), as a second process would be."""
+    return LocalTorchServe(server.home, server.ports, server.cfg)
+
+
+class Traffic(threading.Thread):
+    """A client sending requests back to back through ``hap``'s client until stopped."""
+
+    def __init__(self, server: LocalTorchServe, bodies: list, retries: int = 5) -> None:
+        super().__init__(daemon=True)
+        self.client, self.bodies, self.retries = _twin(server), bodies, retries
+        self.results: list[tuple[int, int, str]] = []  # (status, attempts, version or error)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.halt.is_set():
+            r = self.client.predict(self.bodies[i % len(self.bodies)], retries=self.retries, timeout=30)
+            what = r.json().get("model_version") if r.status_code == 200 else r.text[:200]
+            self.results.append((r.status_code, r.hap_attempts, what))
+            i += 1
+
+    def stop(self) -> list[tuple[int, int, str]]:
+        self.halt.set()
+        self.join(60)
+        return self.results
+
+
+def _settled_workers(server: LocalTorchServe, expected: int, timeout: float = 30) -> list[float]:
+    """Worker processes' RSS once their number has settled at ``expected`` (unregistering is async)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = server.memory_mb()["workers"]
+        if len(workers) == expected or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.5)
+
+
+def test_keys_renew_under_traffic_and_ten_deploys_leave_one_worker_per_served_version(ws, server, versions):
+    """Keys expire after one minute; the keeper renews them at half-life while a client sends requests
+    back to back and ten consecutive deploys go through: no request fails, and TorchServe ends each
+    deploy holding production plus the previous version, memory flat."""
+    deploy(ws, versions[0], CFG, server, smoke_ds=DS, reason="first")
+    keys_seen = {server.keys.key("inference")}
+    bodies = [sample_request(ws.data, DS, 300, seed=s) for s in range(3)]
+    traffic = Traffic(server, [*bodies, columnar(bodies[0])])
+    traffic.start()
+    rss, t0 = [], time.monotonic()
+    try:
+        for i, version in enumerate(versions[1:11], start=1):
+            out = deploy(ws, version, CFG, server, smoke_ds=DS, reason=f"deploy {i}")
+            assert out["previous"] == versions[i - 1] and server.default_version() == version
+            registered = {v["modelVersion"] for v in server.versions()}
+            assert registered == {version, versions[i - 1]}, registered  # production + previous only
+            workers = _settled_workers(server, 2)
+            assert len(workers) == 2, workers
+            rss.append((server.memory_mb()["frontend"], sum(workers)))
+            keys_seen.add(server.keys.key("inference"))
+        while time.monotonic() - t0 < 75:  # run past the first keys' expiry even if deploys were quick
+            time.sleep(2)
+            keys_seen.add(server.keys.key("inference"))
+    finally:
+        results = traffic.stop()
+    failed = [r for r in results if r[0] != 200]
+    assert len(results) > 100 and not failed, (len(results), failed[:5])
+    assert len(keys_seen) >= 2, "the inference key was never renewed"
+    assert server.keys.expires_at("inference") > time.time()
+    served = Counter(r[2] for r in results)
+    assert versions[10] in served and len(served) >= 3, served
+    # Flat: workers hold two models whatever the number of deploys; the JVM heap is capped.
+    worker_rss = [w for _, w in rss]
+    assert max(worker_rss[3:]) <= 1.15 * max(worker_rss[:3]), rss
+    assert max(f for f, _ in rss) < SERVING.jvm_heap_mb + 400, rss
+
+
+def test_serve_start_on_a_running_server_changes_nothing(ws, server, production):
+    from hap.cli import main
+
+    before = (server.pid(), server.keeper_pid(), server.keys.path.read_text())
+    env = {"HAP_SERVE_PORT": str(server.ports.inference)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert main(["--home", str(ws.root), "serve", "start"]) == 0
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert (server.pid(), server.keeper_pid(), server.keys.path.read_text()) == before
+
+
+def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production, bad_requests):
+    """Every kind of bad body (deep nesting, 5,000-digit integers, oversized, wrong types...) sent
+    concurrently with valid requests: every valid one is answered exactly as when sent alone, every bad
+    one gets its own 4xx naming field and kind, and the errors are counted by kind."""
+    from hap_runtime.config import RoutingConfig
+
+    valid = [sample_request(ws.data, DS, 400, seed=s) for s in range(4)]
+    valid.append(columnar(valid[0]))
+    alone = [server.predict(b).json() for b in valid]
+    cases = bad_requests(valid[0], RoutingConfig())
+    jobs = [("valid", i, b) for i, b in enumerate(valid)] * 6 + [("bad", i, c[1]) for i, c in enumerate(cases)] * 2
+    jobs.append(("text", 0, json.dumps(valid[1])))
+
+    def send(job):
+        kind, i, body = job
+        client = _twin(server)
+        if kind == "text":  # valid JSON sent as text/plain
+            return job, client._call("inference", "POST", f"{server.inference_url}/predictions/hap", data=body,
+                                     headers={"Content-Type": "text/plain"}, timeout=60)  # fmt: skip
+        return job, client.predict(body, retries=0)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(send, jobs))
+    for (kind, i, _), r in answers:
+        if kind in ("valid", "text"):
+            assert r.status_code == 200, (kind, i, r.status_code, r.text[:300])
+            _same_answer(r.json(), alone[i if kind == "valid" else 1])
+        else:
+            name, _, field, err_kind = cases[i]
+            assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+            assert (r.json()["field"], r.json()["kind"]) == (field, err_kind), name
+    time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
+    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    version = server.default_version()
+    for kind in {c[3] for c in cases}:
+        assert f'HapRequestErrors{{ModelName="hap",Level="Model",version="{version}",ErrorKind="{kind}"' in metrics
+    batches = _metric(metrics, "HapLatencyMs_count", version, stage="light")
+    scored = _metric(metrics, "HapLatencyMs_count", version, stage="request")
+    assert batches < scored, "no batch ever held more than one request"
+    assert f'HapLatencyMs_bucket{{ModelName="hap",Level="Model",version="{version}",stage="request",le="1"' in metrics
+
+
+def _same_answer(got: dict, want: dict) -> None:
+    """Same ranking and stages; scores equal up to float summation order (batched vs alone)."""
+    assert [(it["item_id"], it["stage"]) for it in got["items"]] == [
+        (it["item_id"], it["stage"]) for it in want["items"]
+    ]
+    assert max(abs(g["score"] - w["score"]) for g, w in zip(got["items"], want["items"], strict=True)) < 1e-5
+
+
+def _metric(text: str, name: str, version: str, **labels: str) -> float:
+    want = [f'version="{version}"', *(f'{k}="{v}"' for k, v in labels.items())]
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(w in ln for w in want)]
+    assert lines, (name, labels)
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def test_a_killed_worker_loses_no_request_of_a_retrying_client(ws, server, production):
+    version = server.default_version()
+    before = server.describe(version)["workers"][0]["pid"]
+    traffic = Traffic(server, [sample_request(ws.data, DS, 300, seed=s) for s in range(3)])
+    traffic.start()
+    time.sleep(2)
+    os.kill(before, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = server.describe(version)["workers"]
+        if workers and workers[0]["pid"] != before and workers[0]["status"] == "READY":
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    results = traffic.stop()
+    assert workers[0]["pid"] != before and workers[0]["status"] == "READY", workers
+    assert results and all(status == 200 for status, _, _ in results), [r for r in results if r[0] != 200][:5]
+    assert any(attempts > 1 for _, attempts, _ in results), "the in-flight batch was not retried"
+
+
+def test_overload_answers_503_at_once_and_is_named_by_the_client(ws, server, versions):
+    """A version with a one-slot job queue under 24 concurrent requests: the overflow is answered 503
+    immediately (not after a timeout), and the client names it ``overloaded``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tight = replace(CFG, serving=replace(SERVING, job_queue_size=1, batch_size=1))
+    label = f"{versions[0]}-q1"
+    build_archive(Registry(ws).version_dir(versions[0]), label, tight, server.model_store)
+    server.register(mar_name(label))
+    try:
+        body = sample_request(ws.data, DS, 1000, seed=9)
+        with ThreadPoolExecutor(24) as pool:
+            out = list(pool.map(lambda _: _twin(server).predict(body, version=label, retries=0), range(48)))
+        kinds = Counter(transient_failure(r) or r.status_code for r in out)
+        assert kinds["overloaded"] > 0 and kinds[200] > 0, kinds
+        assert all(r.elapsed.total_seconds() < 10 for r in out)
+    finally:
+        server.unregister(label)
+
+
+def test_shadow_scores_live_traffic_beside_production_then_is_promoted(ws, server, versions, production):
+    prod = server.default_version()
+    candidate = versions[11]
+    out = deploy(ws, candidate, CFG, server, smoke_ds=DS, reason="shadow test", shadow=True)
+    assert out["shadow"]["shadow"] == candidate and server.default_version() == prod
+    bodies = [sample_request(ws.data, DS, 300, seed=s) for s in range(5)]
+    for b in bodies * 4:
+        assert server.predict(b).json()["model_version"] == prod  # production answers
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        report = shadow_report(server)["versions"].get(candidate)
+        if report and report["requests"] >= 10:
+            break
+        time.sleep(1)
+    assert report and report["requests"] >= 10 and report["failed"] == 0, report
+    assert 0.0 <= report["mean_overlap"] <= 1.0 and report["mean_rank_corr"] is not None
+    assert report["shadow_worker_ms_p50"] > 0 and report["production_worker_ms_p50"] > 0
+    pointer = promote_shadow(ws, CFG, server, "shadow looked right")
+    assert pointer["version"] == candidate and pointer["previous"] == prod
+    assert server.default_version() == candidate and shadow_report(server)["shadow"] is None
+    assert {v["modelVersion"] for v in server.versions()} == {candidate, prod}
+    events = [json.loads(x)["event"] for x in (ws.registry / "events.jsonl").read_text().splitlines()]
+    assert events[-3:] == ["shadow_start", "set_production", "shadow_end"], events[-3:]
+
+
+def test_archive_serves_with_its_own_code_in_an_environment_holding_only_torch(ws, versions, tmp_path):
+    """The .mar unpacked next to nothing but torch and its own requirements (no site-packages, so no
+    project, numpy or msgspec) answers exactly what the installed code answers."""
+    version = versions[0]
+    mar = build_archive(Registry(ws).version_dir(version), version, CFG, tmp_path / "store")
+    model_dir = extract_archive(mar, tmp_path / "unpacked")
+    site = _torch_only_site(tmp_path / "site")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site)}
+    probe = "import importlib.util as u; print([m for m in ('hap', 'models', 'serving', 'numpy', 'msgspec') if u.find_spec(m)])"
+    seen = subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=model_dir, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert seen.stdout.strip() == "[]", seen.stdout
+    clean = archive_runtime(model_dir, env=env, python_args=("-S",))
+    assert clean["decoder"] == "json" and clean["version"] == version
+    assert clean["runtime"]["code_sha256"] == json.loads((model_dir / "runtime.json").read_text())["code_sha256"]
+    bodies = [sample_request(ws.data, DS, 200, seed=s) for s in range(3)]
+    bodies += [columnar({**bodies[0], "k": 5, "m": 80}), {"user": {}, "candidates": []}]
+    got = archive_answers(model_dir, bodies, env=env, python_args=("-S",))
+    from hap_runtime.scorer import TwoStageScorer
+
+    installed = TwoStageScorer(model_dir)
+    for body, answer in zip(bodies[:-1], got, strict=False):
+        want = installed(body)
+        assert [it["item_id"] for it in answer["items"]] == [it["item_id"] for it in want["items"]]
+        assert max(abs(a["score"] - w["score"]) for a, w in zip(answer["items"], want["items"], strict=True)) < 1e-5
+    assert got[-1]["error"]["kind"] == "missing_field"
+
+
+def _torch_only_site(dest: Path) -> Path:
+    """A directory of links to torch and the distributions it requires, and nothing else."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    dest.mkdir(parents=True)
+    todo, seen = ["torch"], set()
+    while todo:
+        dist = distribution(todo.pop())
+        name = dist.metadata["Name"].lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in dist.requires or []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(r.name)
+        for top in {f.parts[0] for f in dist.files or [] if len(f.parts) > 1 or f.suffix == ".py"}:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not top.endswith((".dist-info", ".data")) and top != "..":
+                link = dest / top
+                if not link.exists():
+                    link.symlink_to(src)
+    return dest
