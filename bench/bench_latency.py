@@ -1,75 +1,79 @@
-"""Serving latency: 1,000-candidate requests through the real TorchServe on 127.0.0.1, side by side
-with the same scorer in-process (the server's overhead is the difference).
+"""Serving latency, one client: 1,000-candidate requests through the real TorchServe on 127.0.0.1,
+side by side with the same archive's code in-process (decode → parse → score → encode, one torch
+thread like the worker). The server's overhead is the difference of the two p50s.
 
-Routing variants per request (same deployed version): light only (K=0), HAP two-stage at several K,
-and the expressive model on every candidate (K=N).
+Layouts: rows (one object per candidate) and columns (the compact layout: one list per feature).
+Routing variants of the same version: light only (K=0), HAP at several K, expressive on all (K=N).
 
-Needs a deployed model: run `make demo` first (uses $HAP_HOME, default ./.hap).
-Run: .venv/bin/python bench/bench_latency.py [--requests 200] [--ks 50 200 500]
+Needs a production model (run `make demo` first; uses $HAP_HOME, default ./.hap). Starts its own
+TorchServe in a temporary home (ports $HAP_SERVE_PORT+10..+14) with the product's serving config.
+Run on an otherwise idle machine: .venv/bin/python bench/bench_latency.py [--requests 400] [--ks 50 200 500]
 """
 
 import argparse
+import json
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-from serving.scorer import TwoStageScorer
+import torch
+from loadgen import BenchServer, LoadClient, closed_loop, summary
 
-from hap.config import HapConfig
-from hap.flow import server_for
+from hap.flow import load_config
 from hap.registry import Registry
 from hap.workspace import Workspace
-from serving.archive import stage_bundle
-from serving.deploy import ensure_serving, sample_request
+from hap_runtime.codec import decode_body
+from hap_runtime.scorer import TwoStageScorer
+from serving.archive import extract_archive, mar_name
+from serving.deploy import columnar, sample_request
 
 
-def pct(x: list[float]) -> str:
-    p50, p95, p99 = np.percentile(x, [50, 95, 99])
-    return f"{p50:.1f} | {p95:.1f} | {p99:.1f}"
+def in_process(scorer: TwoStageScorer, raws: list[bytes], n: int) -> list[float]:
+    """What the worker does for one request, timed: decode, parse, score, encode the answer."""
+    lat = []
+    for i in range(n + 20):
+        t = time.perf_counter()
+        answer = scorer.score_batch([scorer.parse(decode_body(raws[i % len(raws)], 1 << 30))])[0][0]
+        json.dumps(answer)
+        if i >= 20:
+            lat.append((time.perf_counter() - t) * 1e3)
+    return lat
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--requests", type=int, default=400)
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--ks", type=int, nargs="+", default=[50, 200, 500])
     args = p.parse_args()
-    ws = Workspace.from_env()
-    prod = Registry(ws).production()
-    if not prod:
-        raise SystemExit("no production model: run `make demo` first")
-    server = server_for(ws)
-    ensure_serving(ws, server)
+    ws, cfg = Workspace.from_env(), load_config()
     ds = Registry(ws).versions()[-1]["ds"]
-    bodies = [sample_request(ws.data, ds, args.candidates, seed=i) for i in range(20)]
-    n = len(bodies[0]["candidates"])
+    requests = [sample_request(ws.data, ds, args.candidates, seed=i) for i in range(20)]
+    n = len(requests[0]["candidates"])
     variants = [("light only", 0), *[(f"HAP K={k}", k) for k in args.ks], ("expressive on all", n)]
-    with tempfile.TemporaryDirectory() as tmp:
-        scorer = TwoStageScorer(
-            stage_bundle(
-                Registry(ws).version_dir(prod["version"]), prod["version"], HapConfig().routing, Path(tmp) / "b"
-            )
-        )
-        print(f"version {prod['version']}, {n} candidates/request, {args.requests} requests per variant, M=50")
-        print("| variant | server p50 ms | p95 | p99 | candidates/s (server) | in-process p50 ms | p95 | p99 |")
-        print("|---|---|---|---|---|---|---|---|")
-        for name, k in variants:
-            served, local = [], []
-            for i in range(args.requests + 10):  # first 10: warm-up
-                body = {**bodies[i % len(bodies)], "k": k, "m": 50}
-                t = time.perf_counter()
-                r = server.predict(body)
-                dt = (time.perf_counter() - t) * 1000
-                assert r.status_code == 200, r.text
-                t = time.perf_counter()
-                scorer(body)
-                dl = (time.perf_counter() - t) * 1000
-                if i >= 10:
-                    served.append(dt)
-                    local.append(dl)
-            cps = n / (np.mean(served) / 1000)
-            print(f"| {name} | {pct(served)} | {cps:,.0f} | {pct(local)} |")
+    torch.set_num_threads(cfg.serving.torch_threads or torch.get_num_threads())
+    with BenchServer(ws, cfg) as bench, tempfile.TemporaryDirectory() as tmp:
+        server = bench.server
+        scorer = TwoStageScorer(extract_archive(server.model_store / mar_name(server.default_version()), tmp))
+        print(f"version {server.default_version()}, {n} candidates/request, {args.requests} requests per cell, "
+              f"M={cfg.routing.m}, batch delay {cfg.serving.max_batch_delay_ms} ms, "
+              f"{cfg.serving.torch_threads} torch thread(s) in the worker")  # fmt: skip
+        print("| layout | variant | server p50 ms | p95 | p99 | in-process p50 ms | p95 | p99 | overhead at p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        results = []
+        for layout, convert in (("rows", lambda b: b), ("columns", columnar)):
+            for name, k in variants:
+                raws = [json.dumps(convert({**b, "k": k})).encode() for b in requests]
+                client = LoadClient(bench.target(), raws)
+                closed_loop(client, 20)  # warm-up
+                served = summary(closed_loop(client, args.requests))
+                assert served["failed"] == 0, served
+                local = np.percentile(in_process(scorer, raws, args.requests), [50, 95, 99]).round(1).tolist()
+                overhead = round(served["p50_ms"] - local[0], 1)
+                results.append({"layout": layout, "variant": name, "server": served, "in_process": local})
+                print(f"| {layout} | {name} | {served['p50_ms']} | {served['p95_ms']} | {served['p99_ms']} | "
+                      f"{local[0]} | {local[1]} | {local[2]} | {overhead} |")  # fmt: skip
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,26 @@ def ensure_serving(ws: Workspace, server: LocalTorchServe) -> str | None:
     return version
 
 
+def clone_version(ws: Workspace, version: str, ds: str, nudge: float) -> str:
+    """Register a copy of ``version`` for day ``ds`` with both heads' biases shifted by ``nudge``:
+    distinct weights (so a new version), scores shifted by a constant (so the same rankings). Deploy
+    drills and the serving benchmarks roll through such copies."""
+    import shutil
+
+    import torch
+
+    registry = Registry(ws)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        shutil.copytree(_known_version(ws, version), run)
+        for part in ("light", "expressive"):
+            weights = run / part / "weights.pt"
+            state = torch.load(weights, weights_only=True)
+            state["head.bias"] = state["head.bias"] + nudge
+            torch.save(state, weights)
+        return registry.register(ds, run)
+
+
 def _known_version(ws: Workspace, version: str) -> Path:
     registry = Registry(ws)
     vdir = registry.version_dir(version)
@@ -163,7 +183,7 @@ def deploy(
         request = sample_request(ws.data, smoke_ds, n_candidates=min(1000, cfg.routing.max_candidates))
         bodies = [request, columnar({**request, "k": 20, "m": 60})]
         for body, expected in zip(bodies, golden_answers(mar, bodies), strict=True):
-            problem = smoke_check(server.predict(body, version=version, retries=0), expected)
+            problem = smoke_check(server.predict(body, version=version), expected)
             if problem:
                 layout = "columns" if "items" in body else "rows"
                 raise DeployFailed(f"smoke request ({layout}) to version {version} failed: {problem}")

@@ -138,3 +138,30 @@ def test_airflow_compose_uses_postgres_keeps_secrets_out_and_binds_loopback():
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     dockerfile = _dockerfile("airflow")
     assert "-r requirements.lock" in dockerfile and "COPY dags ./dags" in dockerfile
+
+
+def test_dashboard_and_alerts_query_only_series_the_server_exposes():
+    """Every metric and label in the Grafana dashboard and the alert rules is declared in the
+    metrics config TorchServe runs with, and every alert links a runbook section that exists."""
+    import json
+
+    config = yaml.safe_load((ROOT / "serving" / "metrics.yaml").read_text())
+    declared = {}
+    for group in ("ts_metrics", "model_metrics"):
+        for metrics in config[group].values():
+            for m in metrics:
+                declared[m["name"]] = {str(d) for d in m["dimensions"]} | {"Hostname", "model_name", "model_version"}
+    dashboard = json.loads((INFRA / "grafana" / "hap-serving.json").read_text())
+    rules = yaml.safe_load((INFRA / "prometheus" / "hap-alerts.yaml").read_text())["groups"][0]["rules"]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + [r["expr"] for r in rules]
+    for expr in exprs:
+        for name, selector in re.findall(r"\b((?:Hap|Requests|ts_)\w+)(?:\{([^}]*)\})?", expr):
+            assert name in declared, (name, expr)
+            labels = set(re.findall(r"(\w+)\s*!?=~?", selector))
+            assert labels <= declared[name], (name, labels - declared[name])
+        for label in re.findall(r"by \(([^)]*)\)", expr):
+            assert {x.strip() for x in label.split(",")} <= {"le", "version", "ErrorKind", "model_version"}, expr
+    runbook = (ROOT / "docs" / "runbook.md").read_text().lower()
+    for rule in rules:
+        anchor = rule["annotations"]["runbook"].split("#")[1]
+        assert f"## {anchor.replace('-', ' ')}" in runbook, anchor

@@ -2,7 +2,6 @@
 under running clients, ten deploys leaving no worker behind, poison requests isolated inside their
 batches, a killed worker, shadow scoring, and the archive running on its own code."""
 
-import copy
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from hap_runtime.spec import DEFAULT_SPEC
 from models.data import encode_tables
 from models.train import train_expressive, train_light
 from serving.archive import archive_answers, archive_runtime, build_archive, extract_archive, mar_name
-from serving.deploy import columnar, deploy, promote_shadow, sample_request, shadow_report
+from serving.deploy import clone_version, columnar, deploy, promote_shadow, sample_request, shadow_report
 from serving.server import LocalTorchServe, Ports, transient_failure
 
 pytestmark = pytest.mark.slow
@@ -38,21 +37,16 @@ CFG = HapConfig(serving=SERVING)
 
 
 def _make_versions(ws: Workspace, small_day, n: int) -> list[str]:
-    """``n`` registered versions with distinct weights: one small trained pair, the head bias nudged."""
+    """``n`` registered versions with distinct weights: one small trained pair and its nudged clones."""
     data = encode_tables(small_day.requests, small_day.candidates, DEFAULT_SPEC, "click")
     tcfg = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))
-    light, expressive = train_light(data, tcfg, DEFAULT_SPEC)[0], train_expressive(data, tcfg, DEFAULT_SPEC)[0]
-    versions = []
-    for i in range(n):
-        run = ws.root / "runs" / f"ds=2026-10-{i + 1:02d}"
-        for name, model in (("light", light), ("expressive", expressive)):
-            with_bias = copy.deepcopy(model)
-            with_bias.head.bias.data += 0.01 * i
-            save_model(with_bias, run / name)
-        evaluation = {"holdout": {"days": [DS], "ds": DS}, "candidate": {"light.auc.overall": 0.8}}
-        (run / "evaluation.json").write_text(json.dumps(evaluation))
-        versions.append(Registry(ws).register(f"2026-10-{i + 1:02d}", run))
-    return versions
+    run = ws.root / "runs" / f"ds={DS}"
+    save_model(train_light(data, tcfg, DEFAULT_SPEC)[0], run / "light")
+    save_model(train_expressive(data, tcfg, DEFAULT_SPEC)[0], run / "expressive")
+    evaluation = {"holdout": {"days": [DS], "ds": DS}, "candidate": {"light.auc.overall": 0.8}}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    first = Registry(ws).register("2026-10-01", run)
+    return [first, *(clone_version(ws, first, f"2026-10-{i + 1:02d}", 0.01 * i) for i in range(1, n))]
 
 
 @pytest.fixture(scope="module")
