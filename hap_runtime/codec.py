@@ -154,6 +154,12 @@ def check_column(f: Feature, values: list, where: Callable[[int], str]) -> Any:
         expected, what = _NUMBER_TYPES, "a number"
     else:
         expected, what = _INT_TYPES, "an integer"
+    if len(values) == 1 and type(values[0]) in expected:  # a user feature: the same checks in Python
+        v = values[0]
+        if f.vocab:
+            return values
+        if (f.low is None or v >= f.low) and (f.high is None or v <= f.high) and INT64_MIN <= v <= INT64_MAX:
+            return torch.tensor(values, dtype=_DTYPES[f.kind])  # NaN and out-of-range fall through
     if not set(map(type, values)) <= expected:
         i = next(i for i, v in enumerate(values) if type(v) not in expected)
         raise RequestError(where(i), f"expected {what}, got {_type_name(values[i])}", "wrong_type")

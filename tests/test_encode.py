@@ -57,3 +57,22 @@ def test_side_matrix_follows_spec_order():
 
 def test_spec_round_trips():
     assert FeatureSpec.from_dict(DEFAULT_SPEC.to_dict()) == DEFAULT_SPEC
+
+
+def test_a_side_encodes_like_its_columns_one_by_one():
+    """encode_side applies each kind's transform to all its features at once: same indices as
+    encode_column per feature, including NaN/inf, boundaries, negatives and unknown strings."""
+    rng = np.random.default_rng(0)
+    for side in ("user", "item"):
+        cols = {}
+        for f in DEFAULT_SPEC.side(side):
+            if f.vocab:
+                cols[f.name] = [[*f.vocab, "unknown"][i % (len(f.vocab) + 1)] for i in range(300)]
+            elif f.kind == "bucket":
+                x = rng.uniform(-5, 2 * f.boundaries[-1], 300)
+                x[: 3 + len(f.boundaries)] = [np.nan, np.inf, -np.inf, *f.boundaries]
+                cols[f.name] = x
+            else:
+                cols[f.name] = rng.integers(-5, 2 * (f.size or 10), 300)
+        want = torch.stack([encode_column(f, cols[f.name]) for f in DEFAULT_SPEC.side(side)], dim=1)
+        assert torch.equal(encode_side(cols, DEFAULT_SPEC, side), want), side

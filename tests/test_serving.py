@@ -2,6 +2,7 @@
 under running clients, ten deploys leaving no worker behind, poison requests isolated inside their
 batches, a killed worker, shadow scoring, and the archive running on its own code."""
 
+import contextlib
 import json
 import os
 import signal
@@ -155,19 +156,57 @@ def test_keys_renew_under_traffic_and_ten_deploys_leave_one_worker_per_served_ve
     assert max(f for f, _ in rss) < SERVING.jvm_heap_mb + 400, rss
 
 
-def test_serve_start_on_a_running_server_changes_nothing(ws, server, production):
+@contextlib.contextmanager
+def _cli_for(server: LocalTorchServe):
+    """``hap`` commands find this server's ports through ``$HAP_SERVE_PORT``."""
+    old = os.environ.get("HAP_SERVE_PORT")
+    os.environ["HAP_SERVE_PORT"] = str(server.ports.inference)
+    try:
+        yield
+    finally:
+        os.environ.pop("HAP_SERVE_PORT") if old is None else os.environ.__setitem__("HAP_SERVE_PORT", old)
+
+
+def test_serve_start_on_a_running_server_changes_nothing_and_status_tells_the_truth(ws, server, production, capsys):
     from hap.cli import main
 
     before = (server.pid(), server.keeper_pid(), server.keys.path.read_text())
-    env = {"HAP_SERVE_PORT": str(server.ports.inference)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with _cli_for(server):
         assert main(["--home", str(ws.root), "serve", "start"]) == 0
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        assert "already running" in capsys.readouterr().out
+        assert main(["--home", str(ws.root), "serve", "status", "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
     assert (server.pid(), server.keeper_pid(), server.keys.path.read_text()) == before
+    assert status["running"] and status["healthy"] and status["default"] == production
+    assert status["keeper_pid"] == server.keeper_pid() and status["pid"] == server.pid()
+    workers = [w for v in status["versions"].values() for w in v["workers"]]
+    assert len(workers) == len(status["memory_mb"]["workers"]) and all(w["status"] == "READY" for w in workers)
+
+
+def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, free_port_block):
+    """Keys that expired with the keeper down: TorchServe refuses them, ``hap`` clients renew them with
+    the API key and carry on, and ``start`` on the running server restarts the keeper."""
+    base = free_port_block(5)
+    server = LocalTorchServe(tmp_path / "ts", Ports(base, base + 1, base + 2, base + 3, base + 4),
+                             ServingConfig(token_expiration_min=0.1))  # fmt: skip
+    assert server.start() is True
+    try:
+        os.kill(server.keeper_pid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while server.keeper_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stale = server.keys.key("inference")
+        time.sleep(max(0.0, server.keys.expires_at("inference") - time.time()) + 1)
+        r = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {stale}"}, timeout=5)
+        assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
+        status = _twin(server).status()
+        assert status["running"] and status["keeper_pid"] is None
+        assert status["healthy"]  # the client renewed the expired key and pinged with the new one
+        assert server.keys.key("inference") != stale and server.keys.expires_at("inference") > time.time()
+        pid = server.pid()
+        assert server.start() is False and server.pid() == pid and server.keeper_pid() is not None
+    finally:
+        server.stop()
 
 
 def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production, bad_requests):
