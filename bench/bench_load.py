@@ -40,13 +40,13 @@ def main() -> None:
         worker = server.describe(server.default_version())["workers"][0]["pid"]
         pids = {"frontend": server.pid(), "worker": worker, "loadgen": os.getpid()}
         client = LoadClient(bench.target(), raws, timeout_s=10)
-        open_loop(client, 20, 5)  # warm-up
+        open_loop(client, 50, 20)  # warm-up: 1,000 requests, so the JVM's JIT has compiled the hot path
         print(f"version {server.default_version()}, {args.candidates} candidates/request ({args.layout}), "
               f"{args.seconds:.0f} s per rate, batch size {cfg.serving.batch_size}, batch delay "
               f"{cfg.serving.max_batch_delay_ms} ms, job queue {cfg.serving.job_queue_size}")  # fmt: skip
         print("| offered rps | answered rps | p50 ms | p95 ms | p99 ms | failed | failures by kind "
-              "| CPU s/s frontend | worker | load generator |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| CPU s/s frontend | worker | load generator | RSS MB frontend | worker |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in args.rates:
             before = cpu_seconds(pids)
             t0 = time.monotonic()
@@ -54,10 +54,11 @@ def main() -> None:
             wall = time.monotonic() - t0
             cpu = {k: round((v - before[k]) / wall, 2) for k, v in cpu_seconds(pids).items()}
             s = summary(outcomes, wall)
-            rows.append({"rate": rate, **s, "cpu": cpu})
+            mem = server.memory_mb()
+            rows.append({"rate": rate, **s, "cpu": cpu, "rss_mb": mem})
             print(f"| {rate:.0f} | {s['answered_per_s']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | "
                   f"{s['failed']} | {s['failed_by_kind'] or '—'} | {cpu['frontend']} | {cpu['worker']} | "
-                  f"{cpu['loadgen']} |")  # fmt: skip
+                  f"{cpu['loadgen']} | {mem['frontend']} | {sum(mem['workers'])} |")  # fmt: skip
             time.sleep(3)  # let the queue drain between rates
     clean = [r["rate"] for r in rows if r["failed"] == 0]
     print(f"highest offered rate with 0 failures: {max(clean) if clean else 'none'} rps")

@@ -64,7 +64,7 @@ class Target:
     @classmethod
     def for_home(cls, home: Path, inference_url: str, management_url: str, path: str) -> Target:
         host, _, port = inference_url.removeprefix("http://").partition(":")
-        return cls(host, int(port), path, KeyRing(home, management_url))
+        return cls(host, int(port), path, KeyRing(home, management_url, inference_url))
 
 
 @dataclass

@@ -126,19 +126,37 @@ class ShadowMirror:
             except OSError:
                 log.warning("cannot write shadow record to %s", out)
 
+    def _key(self, not_this: str = "") -> str:
+        """The inference key on file; TorchServe rewrites the file in place, so retry a torn read, and
+        after a rotation wait (up to 2 s) for a key other than the one refused."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                key = json.loads((self.home / KEY_FILE).read_text())["inference"]["key"]
+                if key != not_this or time.monotonic() > deadline:
+                    return key
+            except (OSError, ValueError, KeyError):
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
     def _mirror(self, shadow: str, body: Any, production: dict[str, Any], prod_ms: float) -> dict[str, Any]:
-        key = json.loads((self.home / KEY_FILE).read_text())["inference"]["key"]
         payload = json.dumps({**body, "k": production["k"], "m": production["m"]}).encode()
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        try:
-            t0 = time.perf_counter()
-            conn.request("POST", f"/predictions/{self.model}/{shadow}", body=payload,
-                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
-            resp = conn.getresponse()
-            data = resp.read()
-            e2e_ms = (time.perf_counter() - t0) * 1e3
-        finally:
-            conn.close()
+        key = self._key()
+        for _ in range(2):  # once more after a key rotation
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            try:
+                t0 = time.perf_counter()
+                conn.request("POST", f"/predictions/{self.model}/{shadow}", body=payload,
+                             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
+                resp = conn.getresponse()
+                data = resp.read()
+                e2e_ms = (time.perf_counter() - t0) * 1e3
+            finally:
+                conn.close()
+            if resp.status not in (400, 401) or b"InvalidKeyException" not in data[:300]:
+                break
+            key = self._key(not_this=key)
         if resp.status != 200:
             return {"status": resp.status, "error": data[:300].decode("utf-8", "replace")}
         shadow_ms = resp.getheader(WORKER_MS_HEADER)

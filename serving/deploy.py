@@ -169,7 +169,15 @@ def deploy(
     shadow: bool = False,
 ) -> dict[str, Any]:
     """Register → golden smoke → set default (or start shadowing). Any failure unregisters the new
-    version: the model that was serving keeps serving."""
+    version: the model that was serving keeps serving. Holds the server's lock: one deploy,
+    rollback or shadow change at a time, across processes."""
+    with server.lock():
+        return _deploy(ws, version, cfg, server, smoke_ds, reason, shadow)
+
+
+def _deploy(
+    ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe, smoke_ds: str, reason: str, shadow: bool
+) -> dict[str, Any]:
     registry = Registry(ws)
     version_dir = _known_version(ws, version)
     previous = ensure_serving(ws, server)
@@ -187,9 +195,14 @@ def deploy(
             if problem:
                 layout = "columns" if "items" in body else "rows"
                 raise DeployFailed(f"smoke request ({layout}) to version {version} failed: {problem}")
+        if not shadow or previous is None:
+            server.set_default(version)
     except Exception as exc:
         if newly_registered and version != previous:
-            server.unregister(version)
+            try:
+                server.unregister(version)
+            except Exception as cleanup:  # the next prune removes it; the deploy's own failure is the news
+                log.warning("could not unregister %s after its failed deploy: %s", version, cleanup)
         raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
     if shadow and previous is None:
         log.warning("no production version to shadow: %s becomes production directly", version)
@@ -205,7 +218,6 @@ def deploy(
             prune(ws, server)
         log.info("shadowing %s beside production %s", version, previous)
         return {"version": version, "previous": previous, "shadow": state, "archive": str(mar)}
-    server.set_default(version)
     pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")
     _clear_shadow(
         server, registry, version, "promoted" if (shadow_state(server) or {}).get("shadow") == version else "replaced"
@@ -230,6 +242,11 @@ def _clear_shadow(server: LocalTorchServe, registry: Registry, version: str, why
 
 def rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
     """Make the previous production version the default again, in TorchServe and in the registry."""
+    with server.lock():
+        return _rollback(ws, server, reason)
+
+
+def _rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
     registry = Registry(ws)
     current = registry.production()
     if not current or not current.get("previous"):
@@ -271,6 +288,11 @@ def shadow_report(server: LocalTorchServe) -> dict[str, Any]:
 
 def promote_shadow(ws: Workspace, cfg: HapConfig, server: LocalTorchServe, reason: str) -> dict[str, Any]:
     """Make the running shadow version production (it was smoked when it started shadowing)."""
+    with server.lock():
+        return _promote_shadow(ws, server, reason)
+
+
+def _promote_shadow(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
     state = shadow_state(server)
     if not state:
         raise DeployFailed("no shadow version is running (start one with hap deploy --shadow)")
@@ -286,9 +308,11 @@ def promote_shadow(ws: Workspace, cfg: HapConfig, server: LocalTorchServe, reaso
 
 
 def stop_shadow(ws: Workspace, server: LocalTorchServe, reason: str) -> str:
-    state = shadow_state(server)
-    if not state:
-        raise DeployFailed("no shadow version is running")
-    _clear_shadow(server, Registry(ws), state["production"], f"stopped: {reason}")
-    prune(ws, server)
-    return state["shadow"]
+    """Stop mirroring to the shadow version and unregister it."""
+    with server.lock():
+        state = shadow_state(server)
+        if not state:
+            raise DeployFailed("no shadow version is running")
+        _clear_shadow(server, Registry(ws), state["production"], f"stopped: {reason}")
+        prune(ws, server)
+        return state["shadow"]

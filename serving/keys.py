@@ -49,9 +49,9 @@ def _expiry(text: str) -> float:
 class KeyRing:
     """The tokens of one TorchServe home, cached until the key file changes."""
 
-    def __init__(self, home: str | Path, management_url: str) -> None:
+    def __init__(self, home: str | Path, management_url: str, inference_url: str) -> None:
         self.path = Path(home) / KEY_FILE
-        self.management_url = management_url
+        self.management_url, self.inference_url = management_url, inference_url
         self._stamp: tuple[int, int] | None = None
         self._data: dict[str, Any] = {}
 
@@ -79,29 +79,51 @@ class KeyRing:
     def expires_at(self, kind: str) -> float:
         return _expiry(self.data()[kind]["expiration time"])
 
+    def works(self, kind: str, key: str) -> bool:
+        """Whether TorchServe accepts ``key`` as its ``kind`` key right now."""
+        url = f"{self.management_url}/models" if kind == "management" else f"{self.inference_url}/ping"
+        try:
+            r = requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        except requests.RequestException:
+            return True  # cannot tell; the caller's next call will
+        return not is_auth_failure(r)
+
     def renew(self, kind: str) -> str:
-        """Replace the ``kind`` key through TorchServe's token API; returns the new key."""
-        api_key = self.data()["API"]["key"]
-        r = requests.get(f"{self.management_url}/token", params={"type": kind},
-                         headers={"Authorization": f"Bearer {api_key}"}, timeout=10)  # fmt: skip
-        if r.status_code != 200:
-            raise AuthError(f"renewing the {kind} key failed: {r.status_code} {r.text[:200]}")
-        self._stamp = None
-        return self.key(kind)
+        """Replace the ``kind`` key through TorchServe's token API and return the new key, checked
+        to work: a concurrent renewal can leave the file holding a key already replaced again."""
+        for _ in range(3):
+            api_key = self.data()["API"]["key"]
+            r = requests.get(f"{self.management_url}/token", params={"type": kind},
+                             headers={"Authorization": f"Bearer {api_key}"}, timeout=10)  # fmt: skip
+            if r.status_code != 200:
+                raise AuthError(f"renewing the {kind} key failed: {r.status_code} {r.text[:200]}")
+            self._stamp = None
+            key = self.key(kind)
+            if self.works(kind, key):
+                return key
+        raise AuthError(f"the renewed {kind} key in {self.path} is not accepted by TorchServe")
 
     def refresh(self, kind: str, used: str) -> str:
-        """After an authorization failure with key ``used``: the current key, renewed if it expired."""
-        self._stamp = None
-        key = self.key(kind)
-        if key == used and self.expires_at(kind) <= time.time() + 1:
-            key = self.renew(kind)
-        return key
+        """After an authorization failure with key ``used``: the key that works now. TorchServe swaps
+        a renewed key in before it rewrites the file, so wait for the file to change (up to 2 s);
+        renew when the key on file has expired or TorchServe refuses it."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            self._stamp = None
+            key = self.key(kind)
+            if key != used:
+                return key
+            if self.expires_at(kind) <= time.time() + 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return key if self.works(kind, key) else self.renew(kind)
 
 
-def keykeeper_loop(home: Path, management_url: str, lifetime_s: float, renew_fraction: float) -> int:
+def keykeeper_loop(home: Path, management_url: str, inference_url: str, lifetime_s: float,
+                   renew_fraction: float) -> int:  # fmt: skip
     """Renew each key when less than ``renew_fraction`` of its lifetime is left; exit when the server
     has stopped (its key file, once seen, has been gone for 30 s; or it never appeared in 10 min)."""
-    ring = KeyRing(home, management_url)
+    ring = KeyRing(home, management_url, inference_url)
     started, seen = time.monotonic(), False
     period = max(1.0, min(30.0, lifetime_s * renew_fraction / 4))
     log.info("key keeper for %s: lifetime %.0fs, renewing with %.0f%% left, checking every %.1fs",
@@ -130,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.keys", description="renew TorchServe's API keys")
     p.add_argument("--home", required=True)
     p.add_argument("--management-url", required=True)
+    p.add_argument("--inference-url", required=True)
     p.add_argument("--lifetime-s", type=float, required=True)
     p.add_argument("--renew-fraction", type=float, default=0.5)
     args = p.parse_args(argv)
@@ -138,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     (home / PID_FILE).write_text(str(os.getpid()))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return keykeeper_loop(home, args.management_url, args.lifetime_s, args.renew_fraction)
+        return keykeeper_loop(home, args.management_url, args.inference_url, args.lifetime_s, args.renew_fraction)
     finally:
         pid_file = home / PID_FILE
         if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):

@@ -13,13 +13,17 @@ workers are fixed, that means the job queue is full: overload).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +75,8 @@ class LocalTorchServe:
         self.model_store = self.home / "model-store"
         self.config_file = self.home / "config.properties"
         self.log_dir = self.home / "logs"
-        self.keys = KeyRing(self.home, self.management_url)
+        self.keys = KeyRing(self.home, self.management_url, self.inference_url)
+        self._lock_depth, self._lock_file = 0, None
         self.http = requests.Session()
 
     # ---- process lifecycle ----
@@ -120,6 +125,24 @@ class LocalTorchServe:
         }
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialize what changes this server across processes (start, stop, deploys, rollbacks):
+        an exclusive ``flock`` on the home's ``serving.lock``, reentrant within this object."""
+        if self._lock_depth == 0:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self._lock_file = (self.home / "serving.lock").open("a")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                self._lock_file.close()
+                self._lock_file = None
+
     def pid(self) -> int | None:
         """The frontend's pid when this home's TorchServe process is alive."""
         pid_file = self.home / "tmp" / ".model_server.pid"
@@ -148,6 +171,10 @@ class LocalTorchServe:
     def start(self, timeout: float = 90) -> bool:
         """Start TorchServe and its key keeper; returns False (and changes nothing but a dead keeper
         or an expired key) when this home's server is already running."""
+        with self.lock():
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> bool:
         if self.pid() is not None:
             self._start_keeper()
             for kind in ("management", "inference"):
@@ -165,7 +192,9 @@ class LocalTorchServe:
             "--enable-model-api", "--ncs", "--log-config", str(LOG_CONFIG),
         ]  # fmt: skip
         with (self.log_dir / "launcher.log").open("a") as out:
-            subprocess.run(cmd, cwd=self.home, env=self._env(), stdout=out, stderr=subprocess.STDOUT, check=True)
+            launched = subprocess.run(cmd, cwd=self.home, env=self._env(), stdout=out, stderr=subprocess.STDOUT)
+        if launched.returncode != 0:
+            raise ServingError(f"torchserve --start exited {launched.returncode}; see {self.log_dir / 'launcher.log'}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.keys.exists() and self.is_running():
@@ -175,19 +204,30 @@ class LocalTorchServe:
         raise ServingError(f"TorchServe did not come up within {timeout}s; see {self.log_dir}")
 
     def _start_keeper(self) -> None:
+        """Start the key keeper unless one runs, with the key lifetime the running server was started
+        with (its ``config.properties``), not this caller's configuration."""
         if self.keeper_pid() is not None:
             return
+        props = dict(ln.split("=", 1) for ln in self.config_file.read_text().splitlines() if "=" in ln)
+        lifetime_s = float(props.get("token_expiration_min", self.cfg.token_expiration_min)) * 60
         cmd = [
             sys.executable, "-m", "serving.keys", "--home", str(self.home), "--management-url", self.management_url,
-            "--lifetime-s", str(self.cfg.token_expiration_min * 60), "--renew-fraction", str(self.cfg.key_renew_fraction),
+            "--inference-url", self.inference_url, "--lifetime-s", str(lifetime_s),
+            "--renew-fraction", str(self.cfg.key_renew_fraction),
         ]  # fmt: skip
         with (self.log_dir / "keykeeper.log").open("a") as out:
             subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
-        deadline = time.monotonic() + 10
-        while self.keeper_pid() is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while self.keeper_pid() is None:
+            if time.monotonic() > deadline:
+                raise ServingError(f"the key keeper did not start; see {self.log_dir / 'keykeeper.log'}")
             time.sleep(0.1)
 
     def stop(self) -> None:
+        with self.lock():
+            self._stop()
+
+    def _stop(self) -> None:
         keeper = self.keeper_pid()
         if keeper is not None:
             os.kill(keeper, signal.SIGTERM)
@@ -211,9 +251,9 @@ class LocalTorchServe:
                                   for k in ("management", "inference")}  # fmt: skip
             out["default"] = self.default_version()
             out["versions"] = {v["modelVersion"]: _summary(v) for v in self.versions()}
-        except (requests.RequestException, AuthError, ServingError) as exc:
+            out["memory_mb"] = self.memory_mb()
+        except (requests.RequestException, AuthError, ServingError, psutil.Error) as exc:
             out["error"] = str(exc)
-        out["memory_mb"] = self.memory_mb()
         return out
 
     def memory_mb(self) -> dict[str, Any]:
@@ -250,19 +290,25 @@ class LocalTorchServe:
     def predict(
         self, body: Any, version: str | None = None, timeout: float = 60, retries: int = 4
     ) -> requests.Response:
-        """POST a request; up to ``retries`` times more after a transient failure, backing off 0.2 s,
-        0.4 s, 0.8 s... (4 retries wait 3 s in all: a restarting worker's load time). The response
-        carries ``hap_attempts``."""
+        """POST a request; up to ``retries`` times more after a transient failure, backing off about
+        0.2 s, 0.4 s, 0.8 s... with jitter (4 retries wait ~3 s in all: a restarting worker's load
+        time); a second "Worker died." is final. The response carries ``hap_attempts``."""
         path = f"/predictions/{MODEL_NAME}" + (f"/{version}" if version else "")
-        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        data = (
+            body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else json.dumps(body).encode()
+        )
         headers = {"Content-Type": "application/json"}
+        died = 0
         for attempt in range(retries + 1):
             resp = self._call("inference", "POST", f"{self.inference_url}{path}", data=data, headers=headers,
                               timeout=timeout)  # fmt: skip
             resp.hap_attempts = attempt + 1  # type: ignore[attr-defined]
-            if attempt == retries or transient_failure(resp) is None:
+            kind = transient_failure(resp)
+            died += kind == "worker_died"
+            # A request that was in flight when two workers died may be what kills them: stop there.
+            if attempt == retries or kind is None or died > 1:
                 return resp
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(0.2 * 2**attempt * random.uniform(0.5, 1.5))  # jitter: retries do not arrive in step
         return resp
 
     def versions(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hap.config import HapConfig, TrainConfig
-from hap_runtime.codec import RequestError, decode_body
+from hap_runtime.codec import JsonDecoder, RequestError, decode_body
 from hap_runtime.config import RoutingConfig
 from hap_runtime.nets import save_model
 from hap_runtime.scorer import TwoStageScorer
@@ -89,11 +89,17 @@ def test_unknown_ids_are_hashed_not_rejected(scorer, small_day):
     assert len(scorer(body)["items"]) == 5
 
 
-def test_every_bad_input_names_its_field_and_kind(scorer, small_day, bad_requests):
-    for name, bad, field, kind in bad_requests(logged_request(small_day), ROUTING):
+@pytest.mark.parametrize("fast", [True, False], ids=["msgspec", "stdlib"])
+def test_every_bad_input_names_its_field_and_kind(scorer, small_day, bad_requests, fast):
+    """The same verdict whichever JSON decoder the environment has (msgspec, or only the stdlib)."""
+    decoder = JsonDecoder(fast)
+    assert decoder.name == ("msgspec" if fast else "json")
+    cases = bad_requests(logged_request(small_day), ROUTING)
+    cases.append(("float beyond float64", b'{"user": {}, "k": 1e999}', "body", "out_of_range"))
+    for name, bad, field, kind in cases:
         with pytest.raises(RequestError) as err:
             raw = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
-            scorer(decode_body(raw, ROUTING.max_body_bytes))
+            scorer(decode_body(raw, ROUTING.max_body_bytes, decoder))
         assert (err.value.field, err.value.kind) == (field, kind), name
         assert 400 <= err.value.status < 500
 
