@@ -19,7 +19,6 @@ import os
 import signal
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from loadgen import LoadClient, Target, open_loop, summary
@@ -35,7 +34,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rate", type=float, default=50)
     p.add_argument("--deploys", type=int, default=10)
-    p.add_argument("--gap", type=float, default=4.0, help="seconds between events")
+    p.add_argument("--gap", type=float, default=3.0, help="seconds between one event's end and the next")
+    p.add_argument("--tail", type=float, default=10.0, help="seconds of load after the last event")
     args = p.parse_args()
     src, cfg = Workspace.from_env(), load_config()
     prod = Registry(src).production()
@@ -61,45 +61,45 @@ def main() -> None:
 
 
 def run(ws, cfg, server, client, versions, ds, args) -> None:
-    serial = ThreadPoolExecutor(1)  # events one after another, never two deploys at once
     snapshots = []
 
     def deploy_event(version: str):
         def go():
-            out = serial.submit(deploy, ws, version, cfg, server, ds, "benchmark").result()
+            out = deploy(ws, version, cfg, server, ds, "benchmark")
             time.sleep(1.0)  # let the unregistered worker exit before counting
-            mem = server.memory_mb()
-            snapshots.append({"version": version, "registered": len(server.versions()), **mem})
+            snapshots.append({"version": version, "registered": len(server.versions()), **server.memory_mb()})
             return {"unregistered": out.get("unregistered")}
 
         return go
-
-    def rollback_event():
-        return serial.submit(rollback, ws, server, "benchmark rollback").result()["version"]
 
     def kill_event():
         pid = server.describe(server.default_version())["workers"][0]["pid"]
         os.kill(pid, signal.SIGKILL)
         return pid
 
-    events = [(2.0 + i * args.gap, f"deploy {i + 1}", deploy_event(v)) for i, v in enumerate(versions[1:])]
-    t = 2.0 + len(versions[1:]) * args.gap
-    events += [(t + 10, "rollback", rollback_event), (t + 25, "kill worker", kill_event)]
-    seconds = t + 45
-    print(f"{args.rate:.0f} rps open loop for {seconds:.0f} s, 1,000 candidates/request (columns); "
-          f"{len(versions) - 1} deploys, a rollback, a killed worker")  # fmt: skip
-    outcomes, log = open_loop(client, args.rate, seconds, events)
-    print("\n| event | took s | requests during | failed (first answer) | failed (after retries) | kinds |")
-    print("|---|---|---|---|---|---|")
+    events = [(args.gap, f"deploy {i + 1}", deploy_event(v)) for i, v in enumerate(versions[1:])]
+    events += [(args.gap, "rollback", lambda: rollback(ws, server, "benchmark rollback")["version"]),
+               (args.gap, "kill worker", kill_event)]  # fmt: skip
+    print(f"{args.rate:.0f} rps open loop, 1,000 candidates/request (columns), through {len(versions) - 1} deploys, "
+          f"a rollback and a killed worker, {args.gap:.0f} s apart, then {args.tail:.0f} s more")  # fmt: skip
+    outcomes, log = open_loop(client, args.rate, 1.0, [*events, (args.tail, "tail", lambda: None)])
+    print("\n| event | took s | requests from 1 s before to 3 s after | failed, first answer | failed after retries | kinds "
+          "| p99 ms during |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for e in sorted(log, key=lambda e: e["start"]):
-        window = [o for o in outcomes if e["start"] <= o.scheduled <= e["end"] + 2.0]
+        if e["event"] == "tail":
+            continue
+        window = [o for o in outcomes if e["start"] - 1.0 <= o.scheduled <= e["end"] + 3.0]
         first = [o for o in window if o.first_kind != "ok"]
         final = [o for o in window if o.kind != "ok"]
         kinds = {k: sum(o.first_kind == k for o in first) for k in {o.first_kind for o in first}}
+        p99 = summary(window)["p99_ms"]
         print(f"| {e['event']}{' (ERROR ' + e['error'] + ')' if e['error'] else ''} | {e['end'] - e['start']:.1f} | "
-              f"{len(window)} | {len(first)} | {len(final)} | {kinds or '—'} |")  # fmt: skip
-    s = summary(outcomes, seconds)
+              f"{len(window)} | {len(first)} | {len(final)} | {kinds or '—'} | {p99} |")  # fmt: skip
+    quiet = [o for o in outcomes if not any(e["start"] - 1.0 <= o.scheduled <= e["end"] + 3.0 for e in log)]
+    s = summary(outcomes, outcomes[-1].scheduled if outcomes else None)
     print(f"\nwhole run: {s}")
+    print(f"between events: {summary(quiet)}")
     print("\n| after deploy | version | registered versions | worker processes | frontend RSS MB | workers RSS MB |")
     print("|---|---|---|---|---|---|")
     for i, snap in enumerate(snapshots, start=1):

@@ -149,36 +149,41 @@ async def _open_loop(client: LoadClient, rate: float, seconds: float,
     start = loop.time()
     outcomes: list[Outcome] = []
     log: list[dict] = []
+    tasks: list[asyncio.Future] = []
 
     async def one(i: int, at: float) -> None:
         status, kind, attempts, first = await client.send(i)
         outcomes.append(Outcome(at, (loop.time() - start - at) * 1e3, status, kind, attempts, first))
 
-    async def event(at: float, name: str, fn: Callable[[], object]) -> None:
-        await asyncio.sleep(max(0.0, start + at - loop.time()))
-        t0 = loop.time() - start
-        try:
-            result = await loop.run_in_executor(None, fn)
-            error = None
-        except Exception as exc:  # an event that fails is a finding, not a crash of the benchmark
-            result, error = None, repr(exc)
-        log.append({"event": name, "start": t0, "end": loop.time() - start, "result": result, "error": error})
+    async def run_events() -> None:
+        for pause, name, fn in events:  # one after another, each ``pause`` s after the last ended
+            await asyncio.sleep(pause)
+            t0 = loop.time() - start
+            try:
+                result, error = await loop.run_in_executor(None, fn), None
+            except Exception as exc:  # an event that fails is a finding, not a crash of the benchmark
+                result, error = None, repr(exc)
+            log.append({"event": name, "start": t0, "end": loop.time() - start, "result": result, "error": error})
 
-    tasks = [asyncio.ensure_future(event(at, name, fn)) for at, name, fn in events]
-    n = int(rate * seconds)
-    for i in range(n):
+    runner = asyncio.ensure_future(run_events())
+    i = 0
+    while True:
         at = i / rate
+        if at >= seconds and runner.done():
+            break
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i, at)))
-    await asyncio.gather(*tasks)
+        i += 1
+    await asyncio.gather(runner, *tasks)
     return sorted(outcomes, key=lambda o: o.scheduled), log
 
 
 def open_loop(client: LoadClient, rate: float, seconds: float,
               events: list[tuple[float, str, Callable[[], object]]] = ()) -> tuple[list[Outcome], list[dict]]:  # fmt: skip
-    """``rate`` requests per second for ``seconds``; ``events`` run (in a thread) at their offsets."""
+    """``rate`` requests per second for at least ``seconds``, and until ``events`` (pause before it,
+    name, function) have run one after another in a thread."""
     try:
         return asyncio.run(_open_loop(client, rate, seconds, list(events)))
     finally:
