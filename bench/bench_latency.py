@@ -1,6 +1,7 @@
 """Serving latency, one client: 1,000-candidate requests through the real TorchServe on 127.0.0.1,
 side by side with the same archive's code in-process (decode → parse → score → encode, one torch
-thread like the worker). The server's overhead is the difference of the two p50s.
+thread like the worker), alternating blocks of 20 requests so that both see the same machine
+state. The server's overhead is the difference of the two p50s.
 
 Layouts: rows (one object per candidate) and columns (the compact layout: one list per feature).
 Routing variants of the same version: light only (K=0), HAP at several K, expressive on all (K=N).
@@ -28,16 +29,26 @@ from serving.archive import extract_archive, mar_name
 from serving.deploy import columnar, sample_request
 
 
-def in_process(scorer: TwoStageScorer, raws: list[bytes], n: int) -> list[float]:
+def in_process(scorer: TwoStageScorer, raws: list[bytes], n: int, first: int = 0) -> list[float]:
     """What the worker does for one request, timed: decode, parse, score, encode the answer."""
     lat = []
-    for i in range(n + 20):
+    for i in range(first, first + n):
         t = time.perf_counter()
         answer = scorer.score_batch([scorer.parse(decode_body(raws[i % len(raws)], 1 << 30))])[0][0]
         json.dumps(answer)
-        if i >= 20:
-            lat.append((time.perf_counter() - t) * 1e3)
+        lat.append((time.perf_counter() - t) * 1e3)
     return lat
+
+
+def interleaved(client: LoadClient, scorer: TwoStageScorer, raws: list[bytes], n: int) -> tuple[list, list[float]]:
+    """``n`` requests each way, alternating blocks of 20 so that both see the same machine state."""
+    served, local = [], []
+    in_process(scorer, raws, 20)  # warm-up
+    closed_loop(client, 20)
+    for start in range(0, n, 20):
+        served += closed_loop(client, 20)
+        local += in_process(scorer, raws, 20, start)
+    return served, local
 
 
 def main() -> None:
@@ -66,11 +77,10 @@ def main() -> None:
         for layout, convert in (("rows", lambda b: b), ("columns", columnar)):
             for name, k in variants:
                 raws = [json.dumps(convert({**b, "k": k})).encode() for b in requests]
-                client = LoadClient(bench.target(), raws)
-                closed_loop(client, 20)  # warm-up
-                served = summary(closed_loop(client, args.requests))
+                outcomes, local_ms = interleaved(LoadClient(bench.target(), raws), scorer, raws, args.requests)
+                served = summary(outcomes)
                 assert served["failed"] == 0, served
-                local = np.percentile(in_process(scorer, raws, args.requests), [50, 95, 99]).round(1).tolist()
+                local = np.percentile(local_ms, [50, 95, 99]).round(1).tolist()
                 overhead = round(served["p50_ms"] - local[0], 1)
                 results.append({"layout": layout, "variant": name, "server": served, "in_process": local})
                 print(f"| {layout} | {name} | {served['p50_ms']} | {served['p95_ms']} | {served['p99_ms']} | "

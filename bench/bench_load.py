@@ -2,7 +2,7 @@
 
 1,000-candidate requests (columns layout by default), sent on a fixed schedule whatever the server
 does; latency counts from each request's scheduled time. Per rate: requests answered per second,
-p50/p95/p99, failures by kind, and the CPU seconds per second used by the frontend (JVM), the worker
+p50/p95/p99, failures by kind, and the CPU seconds per second used by the frontend (JVM), the workers
 and this load generator (all on the same 2 cores).
 
 Needs a production model (run `make demo` first; uses $HAP_HOME). Starts its own TorchServe in a
@@ -37,15 +37,15 @@ def main() -> None:
     rows = []
     with BenchServer(ws, cfg) as bench:
         server = bench.server
-        worker = server.describe(server.default_version())["workers"][0]["pid"]
-        pids = {"frontend": server.pid(), "worker": worker, "loadgen": os.getpid()}
+        workers = [w["pid"] for w in server.describe(server.default_version())["workers"]]
+        pids = {"frontend": [server.pid()], "workers": workers, "loadgen": [os.getpid()]}
         client = LoadClient(bench.target(), raws, timeout_s=10)
         open_loop(client, 50, 20)  # warm-up: 1,000 requests, so the JVM's JIT has compiled the hot path
         print(f"version {server.default_version()}, {args.candidates} candidates/request ({args.layout}), "
               f"{args.seconds:.0f} s per rate, batch size {cfg.serving.batch_size}, batch delay "
               f"{cfg.serving.max_batch_delay_ms} ms, job queue {cfg.serving.job_queue_size}")  # fmt: skip
         print("| offered rps | answered rps | p50 ms | p95 ms | p99 ms | failed | failures by kind "
-              "| CPU s/s frontend | worker | load generator | RSS MB frontend | worker |")  # fmt: skip
+              "| CPU s/s frontend | workers | load generator | RSS MB frontend | workers |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in args.rates:
             before = cpu_seconds(pids)
@@ -57,8 +57,8 @@ def main() -> None:
             mem = server.memory_mb()
             rows.append({"rate": rate, **s, "cpu": cpu, "rss_mb": mem})
             print(f"| {rate:.0f} | {s['answered_per_s']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | "
-                  f"{s['failed']} | {s['failed_by_kind'] or '—'} | {cpu['frontend']} | {cpu['worker']} | "
-                  f"{cpu['loadgen']} | {mem['frontend']} | {sum(mem['workers'])} |")  # fmt: skip
+                  f"{s['failed']} | {s['failed_by_kind'] or '—'} | {cpu['frontend']} | {cpu['workers']} | "
+                  f"{cpu['loadgen']} | {mem['frontend']} | {sum(mem['workers']):.0f} |")  # fmt: skip
             time.sleep(3)  # let the queue drain between rates
     clean = [r["rate"] for r in rows if r["failed"] == 0]
     print(f"highest offered rate with 0 failures: {max(clean) if clean else 'none'} rps")

@@ -4,8 +4,9 @@ server does) and closed loop (one client, next request when the last is answered
 Raw HTTP/1.1 over keep-alive connections with asyncio, so the client costs little of the 2 cores it
 shares with TorchServe. Open-loop latency counts from each request's *scheduled* send time, so a
 stalled server shows up as latency instead of being hidden by a slowed client (no coordinated
-omission). Every answer is classified: ``ok``, our error ``kind`` (4xx/500 JSON), ``worker_died``,
-``overloaded`` (TorchServe's queue-full 503), ``auth``, ``timeout`` or ``connection``. Transient
+omission). Every answer is classified: ``ok``, the handler's error ``kind`` (4xx/500/503 JSON, e.g.
+``overloaded`` when it sheds load), ``worker_died``, ``queue_full`` (TorchServe's own 503), ``auth``,
+``timeout`` or ``connection``. Transient
 failures can be retried with the product client's backoff, and both the first attempt's and the
 final outcome are kept.
 """
@@ -44,14 +45,14 @@ def classify(status: int, body: bytes) -> str:
     if "Worker died" in text:
         return "worker_died"
     if status == 503 and "has no worker to serve inference request" in text:
-        return "overloaded"
+        return "queue_full"  # TorchServe's own answer once its job queue is full
     try:
         return str(json.loads(text).get("kind") or f"http_{status}")
     except ValueError:
         return f"http_{status}"
 
 
-TRANSIENT = {"worker_died", "overloaded", "connection"}
+TRANSIENT = {"worker_died", "overloaded", "queue_full", "connection"}
 
 
 @dataclass
@@ -266,16 +267,18 @@ class BenchServer:
         return Target.for_home(s.home, s.inference_url, s.management_url, path)
 
 
-def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
-    """User+system CPU seconds so far of each named process and its children."""
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User+system CPU seconds so far of each named group of processes (their own threads, not
+    their children)."""
     import psutil
 
     out = {}
-    for name, pid in pids.items():
-        try:
-            proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
-            out[name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-        except (psutil.Error, TypeError):
-            out[name] = 0.0
+    for name, group in pids.items():
+        out[name] = 0.0
+        for pid in group:
+            try:
+                times = psutil.Process(pid).cpu_times()
+                out[name] += times.user + times.system
+            except (psutil.Error, ValueError):
+                continue
     return out

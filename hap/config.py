@@ -106,15 +106,16 @@ class ServingConfig:
     per server (``config.properties`` and the key keeper, applied when the server starts).
 
     TorchServe gathers up to ``batch_size`` requests, waiting at most ``max_batch_delay_ms`` for
-    more; the handler scores a gathered batch in one light and one expressive pass. A full job
-    queue (``job_queue_size`` waiting requests) is answered 503 at once.
+    more; the handler scores a gathered batch in one light and one expressive pass. While more than
+    ``routing.shed_queue_depth`` requests wait, the handler answers 503 ``overloaded`` with
+    Retry-After; a full job queue (``job_queue_size``) is answered 503 by TorchServe itself.
     """
 
     batch_size: int = 8
     max_batch_delay_ms: int = 1  # a lone request waits this long for company; a busy queue fills at once
-    workers: int = 1
+    workers: int = 2  # worker processes per version: the Python worker is the bottleneck, one per core
     response_timeout_s: int = 60
-    job_queue_size: int = 256
+    job_queue_size: int = 512  # well above routing.shed_queue_depth: the handler sheds first, truthfully
     token_expiration_min: float = 60.0  # TorchServe's key lifetime
     key_renew_fraction: float = 0.5  # the key keeper renews a key when less than this share of its life is left
     max_request_mb: int = 16  # the frontend's body cap; the handler answers 413 above routing.max_body_bytes

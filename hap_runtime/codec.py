@@ -30,9 +30,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 ERROR_KINDS = (
     "malformed_json", "too_large", "too_deep", "wrong_type", "missing_field", "unknown_field",
-    "length_mismatch", "non_finite", "out_of_range", "empty", "too_many", "too_long", "internal",
+    "length_mismatch", "non_finite", "out_of_range", "empty", "too_many", "too_long", "internal", "overloaded",
 )  # fmt: skip
-"""Labels of the errors-by-kind metric; ``internal`` is the server's fault (500), the rest are 4xx."""
+"""Labels of the errors-by-kind metric: ``internal`` is the server's fault (500), ``overloaded`` a request
+shed while the queue is too deep (503), the rest are the client's (4xx)."""
 
 
 class RequestError(ValueError):

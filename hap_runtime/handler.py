@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from hap_runtime.admission import QueueWatch
 from hap_runtime.codec import DECODER, RequestError, decode_body
 from hap_runtime.scorer import TwoStageScorer
 from hap_runtime.shadow import WORKER_MS_HEADER, ShadowMirror
@@ -53,6 +55,7 @@ class HapTwoStageHandler:
     def __init__(self) -> None:
         self.scorer: TwoStageScorer | None = None
         self.shadow: ShadowMirror | None = None
+        self.admission: QueueWatch | None = None
         self.metrics = HandlerMetrics(None, "hap", "")
         self.model_name = "hap"
         self.initialized = False
@@ -71,6 +74,7 @@ class HapTwoStageHandler:
         self.scorer = TwoStageScorer(model_dir)
         self.model_name = getattr(context, "model_name", None) or "hap"
         self.shadow = ShadowMirror.from_env(self.model_name, self.scorer.version)
+        self.admission = QueueWatch.from_env(self.model_name, self.scorer.version, self.scorer.routing.shed_queue_depth)
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name, self.scorer.version)
         self.metrics.flush(all_series=True)
         self.metrics.start_idle_flusher()
@@ -82,10 +86,14 @@ class HapTwoStageHandler:
     def handle(self, data: list[dict], context) -> list[str]:
         start = time.perf_counter()
         scorer, metrics = self.scorer, self.metrics
+        share = self.admission.shed_share() if self.admission is not None else 0.0
         responses: list[str] = [""] * len(data)
         parsed, bodies = [], []
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, "application/json")
+            if share and random.random() < share:
+                responses[idx] = self._shed(context, idx, metrics)
+                continue
             try:
                 raw = row.get("body") if row.get("body") is not None else row.get("data")
                 body = decode_body(raw, scorer.routing.max_body_bytes)
@@ -141,6 +149,13 @@ class HapTwoStageHandler:
                 log.exception("scoring one request failed")
                 out.append(RequestError("body", "internal error while scoring this request", "internal", 500))
         return out
+
+    def _shed(self, context, idx: int, metrics: HandlerMetrics) -> str:
+        """Answer one request 503 overloaded, unparsed, while TorchServe's queue is too deep."""
+        watch = self.admission
+        message = f"overloaded: {watch.pending} requests queued (limit {watch.limit}); retry after 1 s"
+        context.set_response_header(idx, "Retry-After", "1")
+        return self._reject(context, idx, RequestError("request", message, "overloaded", 503), metrics)
 
     @staticmethod
     def _reject(context, idx: int, err: RequestError, metrics: HandlerMetrics) -> str:

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hap_runtime.keyfile import read_key, refused
+
 log = logging.getLogger(__name__)
 
 HOME_ENV, URL_ENV = "HAP_SERVING_HOME", "HAP_INFERENCE_URL"
-CONFIG_FILE, KEY_FILE = "shadow.json", "key_file.json"
+CONFIG_FILE = "shadow.json"
 WORKER_MS_HEADER = "X-Hap-Worker-Ms"
 
 
@@ -126,23 +128,9 @@ class ShadowMirror:
             except OSError:
                 log.warning("cannot write shadow record to %s", out)
 
-    def _key(self, not_this: str = "") -> str:
-        """The inference key on file; TorchServe rewrites the file in place, so retry a torn read, and
-        after a rotation wait (up to 2 s) for a key other than the one refused."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                key = json.loads((self.home / KEY_FILE).read_text())["inference"]["key"]
-                if key != not_this or time.monotonic() > deadline:
-                    return key
-            except (OSError, ValueError, KeyError):
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-
     def _mirror(self, shadow: str, body: Any, production: dict[str, Any], prod_ms: float) -> dict[str, Any]:
         payload = json.dumps({**body, "k": production["k"], "m": production["m"]}).encode()
-        key = self._key()
+        key = read_key(self.home, "inference")
         for _ in range(2):  # once more after a key rotation
             conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
             try:
@@ -154,9 +142,9 @@ class ShadowMirror:
                 e2e_ms = (time.perf_counter() - t0) * 1e3
             finally:
                 conn.close()
-            if resp.status not in (400, 401) or b"InvalidKeyException" not in data[:300]:
+            if not refused(resp.status, data):
                 break
-            key = self._key(not_this=key)
+            key = read_key(self.home, "inference", not_this=key)
         if resp.status != 200:
             return {"status": resp.status, "error": data[:300].decode("utf-8", "replace")}
         shadow_ms = resp.getheader(WORKER_MS_HEADER)
