@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hap_runtime.keyfile import refused
 from serving.keys import KeyRing
+from serving.server import torchserve_failure
 
 
 @dataclass
@@ -40,12 +42,10 @@ def classify(status: int, body: bytes) -> str:
     if status == 200:
         return "ok"
     text = body[:400].decode("utf-8", "replace")
-    if "InvalidKeyException" in text:
+    if refused(status, body):
         return "auth"
-    if "Worker died" in text:
-        return "worker_died"
-    if status == 503 and "has no worker to serve inference request" in text:
-        return "queue_full"  # TorchServe's own answer once its job queue is full
+    if kind := torchserve_failure(status, text):
+        return kind
     try:
         return str(json.loads(text).get("kind") or f"http_{status}")
     except ValueError:
@@ -116,7 +116,7 @@ class LoadClient:
             conn.writer.close()
         else:
             self.idle.append(conn)
-        if status in (400, 401) and b"InvalidKeyException" in data[:400]:  # rotated: re-read, once
+        if refused(status, data):  # rotated: re-read, once
             self.target.keys.refresh("inference", key)
             return await self._once(body)
         return status, data

@@ -13,7 +13,6 @@ the throughput at most. Standard library only.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -21,12 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from hap_runtime.keyfile import read_key, refused
+from hap_runtime.keyfile import HOME_ENV, MGMT_ENV, TorchServeAPI
 
 log = logging.getLogger(__name__)
-
-MGMT_ENV = "HAP_MANAGEMENT_URL"
-HOME_ENV = "HAP_SERVING_HOME"
 
 
 class QueueWatch:
@@ -34,8 +30,7 @@ class QueueWatch:
 
     def __init__(self, home: Path, management_url: str, model: str, version: str, limit: int,
                  period_s: float = 0.1) -> None:  # fmt: skip
-        host, _, port = management_url.removeprefix("http://").partition(":")
-        self.home, self.host, self.port = home, host, int(port or 80)
+        self.api = TorchServeAPI(home, management_url, "management")
         self.path = f"/models/{model}/{version}"
         self.limit, self.period_s = limit, period_s
         self.pending = 0
@@ -58,20 +53,10 @@ class QueueWatch:
         return min(1.0, (self.pending - self.limit) / self.limit)
 
     def _run(self) -> None:
-        key = ""
         while True:
             try:
-                key = key or read_key(self.home, "management")
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
-                try:
-                    conn.request("GET", self.path, headers={"Authorization": f"Bearer {key}"})
-                    resp = conn.getresponse()
-                    data = resp.read()
-                finally:
-                    conn.close()
-                if refused(resp.status, data):
-                    key = read_key(self.home, "management", not_this=key)
-                elif resp.status == 200:
+                resp, data, _ = self.api.call("GET", self.path)
+                if resp.status == 200:
                     self.pending = int(json.loads(data)[0]["jobQueueStatus"]["pendingRequests"])
                     self.checked_at = time.monotonic()
             except Exception as exc:  # never take the worker down; a stale reading stops shedding

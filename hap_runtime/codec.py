@@ -166,10 +166,8 @@ def check_column(f: Feature, values: list, where: Callable[[int], str]) -> Any:
         expected, what = _NUMBER_TYPES, "a number"
     else:
         expected, what = _INT_TYPES, "an integer"
-    if len(values) == 1 and type(values[0]) in expected:  # a user feature: the same checks in Python
+    if len(values) == 1 and type(values[0]) in expected and not f.vocab:  # a user feature: checks in Python
         v = values[0]
-        if f.vocab:
-            return values
         if (f.low is None or v >= f.low) and (f.high is None or v <= f.high) and INT64_MIN <= v <= INT64_MAX:
             return torch.tensor(values, dtype=_DTYPES[f.kind])  # NaN and out-of-range fall through
     if not set(map(type, values)) <= expected:
@@ -178,7 +176,7 @@ def check_column(f: Feature, values: list, where: Callable[[int], str]) -> Any:
     if f.vocab:
         return values  # unknown strings encode to the out-of-vocabulary index
     if not values:
-        return torch.empty(0, dtype=torch.float64 if f.kind == "bucket" else torch.int64)
+        return torch.empty(0, dtype=_DTYPES[f.kind])
     try:  # array.array converts a list ~4x faster than torch.tensor; the tensor shares its buffer
         x = torch.frombuffer(array.array("d" if f.kind == "bucket" else "q", values), dtype=_DTYPES[f.kind])
     except OverflowError:  # an integer beyond int64 / float64

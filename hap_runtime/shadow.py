@@ -11,7 +11,6 @@ first and never waits: the queue is bounded and full means skip. Standard librar
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -22,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hap_runtime.keyfile import read_key, refused
+from hap_runtime.keyfile import HOME_ENV, URL_ENV, TorchServeAPI
 
 log = logging.getLogger(__name__)
 
-HOME_ENV, URL_ENV = "HAP_SERVING_HOME", "HAP_INFERENCE_URL"
 CONFIG_FILE = "shadow.json"
 WORKER_MS_HEADER = "X-Hap-Worker-Ms"
 
@@ -68,8 +66,7 @@ class ShadowMirror:
 
     def __init__(self, home: Path, inference_url: str, model: str, version: str, max_queue: int = 32) -> None:
         self.home, self.model, self.version = home, model, version
-        host, _, port = inference_url.removeprefix("http://").partition(":")
-        self.host, self.port = host, int(port or 80)
+        self.api = TorchServeAPI(home, inference_url, "inference")
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._config: dict[str, Any] | None = None
         self._checked = 0.0
@@ -130,21 +127,8 @@ class ShadowMirror:
 
     def _mirror(self, shadow: str, body: Any, production: dict[str, Any], prod_ms: float) -> dict[str, Any]:
         payload = json.dumps({**body, "k": production["k"], "m": production["m"]}).encode()
-        key = read_key(self.home, "inference")
-        for _ in range(2):  # once more after a key rotation
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
-            try:
-                t0 = time.perf_counter()
-                conn.request("POST", f"/predictions/{self.model}/{shadow}", body=payload,
-                             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
-                resp = conn.getresponse()
-                data = resp.read()
-                e2e_ms = (time.perf_counter() - t0) * 1e3
-            finally:
-                conn.close()
-            if not refused(resp.status, data):
-                break
-            key = read_key(self.home, "inference", not_this=key)
+        resp, data, e2e_ms = self.api.call("POST", f"/predictions/{self.model}/{shadow}", payload,
+                                           {"Content-Type": "application/json"})  # fmt: skip
         if resp.status != 200:
             return {"status": resp.status, "error": data[:300].decode("utf-8", "replace")}
         shadow_ms = resp.getheader(WORKER_MS_HEADER)

@@ -121,10 +121,10 @@ def extract_archive(mar: str | Path, dest: str | Path) -> Path:
     return Path(dest)
 
 
-def archive_answers(model_dir: str | Path, bodies: list[Any], python: str = sys.executable,
-                    env: dict[str, str] | None = None, python_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
-    """Answers of the archive's own code for ``bodies``: ``python -m hap_runtime.offline`` in a fresh
-    interpreter, the unpacked archive first on its import path (and its working directory)."""
+def _offline(model_dir: str | Path, bodies: list[Any], python: str, env: dict[str, str] | None,
+             python_args: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Run ``python -m hap_runtime.offline`` in a fresh interpreter, the unpacked archive first on its
+    import path (and its working directory): its self-report and one answer per body."""
     model_dir = Path(model_dir).resolve()
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(model_dir), env.get("PYTHONPATH", "")) if p)
@@ -134,17 +134,16 @@ def archive_answers(model_dir: str | Path, bodies: list[Any], python: str = sys.
     if proc.returncode != 0:
         raise RuntimeError(f"the archive's scorer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     header, *answers = proc.stdout.splitlines()
-    return [json.loads(line) for line in answers]
+    return json.loads(header), [json.loads(line) for line in answers]
+
+
+def archive_answers(model_dir: str | Path, bodies: list[Any], python: str = sys.executable,
+                    env: dict[str, str] | None = None, python_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
+    """Answers of the archive's own code for ``bodies`` (``RequestError``s as ``{"error": ...}``)."""
+    return _offline(model_dir, bodies, python, env, python_args)[1]
 
 
 def archive_runtime(model_dir: str | Path, python: str = sys.executable, env: dict[str, str] | None = None,
                     python_args: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """What the archive's offline scorer reports about itself (version, runtime record, JSON decoder)."""
-    model_dir = Path(model_dir).resolve()
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(model_dir), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run([python, *python_args, "-m", "hap_runtime.offline", str(model_dir)], input="",
-                          capture_output=True, text=True, cwd=model_dir, env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"the archive's scorer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.splitlines()[0])
+    return _offline(model_dir, [], python, env, python_args)[0]

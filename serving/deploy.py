@@ -181,6 +181,8 @@ def _deploy(
     registry = Registry(ws)
     version_dir = _known_version(ws, version)
     previous = ensure_serving(ws, server)
+    if shadow and version == previous:
+        raise DeployFailed(f"{version} is production already; nothing to shadow")
     mar = server.model_store / mar_name(version)
     if not mar.exists():
         build_archive(version_dir, version, cfg, server.model_store)
@@ -207,8 +209,6 @@ def _deploy(
     if shadow and previous is None:
         log.warning("no production version to shadow: %s becomes production directly", version)
     elif shadow:
-        if version == previous:
-            raise DeployFailed(f"{version} is production already; nothing to shadow")
         state = {"production": previous, "shadow": version, "sample": cfg.serving.shadow_sample,
                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason}  # fmt: skip
         old = shadow_state(server)
@@ -219,9 +219,7 @@ def _deploy(
         log.info("shadowing %s beside production %s", version, previous)
         return {"version": version, "previous": previous, "shadow": state, "archive": str(mar)}
     pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")
-    _clear_shadow(
-        server, registry, version, "promoted" if (shadow_state(server) or {}).get("shadow") == version else "replaced"
-    )
+    _clear_shadow(server, registry, version)
     removed = prune(ws, server)
     log.info("deployed %s (previous %s)", version, previous)
     return {
@@ -233,11 +231,14 @@ def _deploy(
     }
 
 
-def _clear_shadow(server: LocalTorchServe, registry: Registry, version: str, why: str) -> None:
+def _clear_shadow(server: LocalTorchServe, registry: Registry, production: str, why: str = "") -> None:
+    """End a running shadow, recording why: ``promoted`` when it became production, else ``why`` or
+    ``replaced``."""
     state = shadow_state(server)
     if state:
         (server.home / SHADOW_FILE).unlink(missing_ok=True)
-        registry.record_event("shadow_end", shadow=state["shadow"], outcome=why, production=version)
+        outcome = "promoted" if state["shadow"] == production else why or "replaced"
+        registry.record_event("shadow_end", shadow=state["shadow"], outcome=outcome, production=production)
 
 
 def rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
@@ -302,7 +303,7 @@ def _promote_shadow(ws: Workspace, server: LocalTorchServe, reason: str) -> dict
     server.set_default(version)
     registry = Registry(ws)
     pointer = registry.set_production(version, reason=f"shadow promoted: {reason}")
-    _clear_shadow(server, registry, version, "promoted")
+    _clear_shadow(server, registry, version)
     prune(ws, server)
     return pointer
 

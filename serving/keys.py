@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -28,9 +27,9 @@ from typing import Any
 
 import requests
 
+from hap_runtime.keyfile import KEY_FILE, load_key_file, read_key, refused
 from serving.errors import AuthError
 
-KEY_FILE = "key_file.json"
 PID_FILE = "keykeeper.pid"
 KINDS = ("management", "inference")
 
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def is_auth_failure(resp: requests.Response) -> bool:
     """TorchServe answers a missing, wrong or expired token with 400/401 ``InvalidKeyException``."""
-    return resp.status_code in (400, 401) and "InvalidKeyException" in resp.text[:300]
+    return refused(resp.status_code, resp.content)
 
 
 def _expiry(text: str) -> float:
@@ -59,19 +58,17 @@ class KeyRing:
         return self.path.exists()
 
     def data(self) -> dict[str, Any]:
-        """The key file's content. TorchServe rewrites it in place, so a half-written file is retried."""
-        for _ in range(20):
-            try:
-                st = self.path.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-                if stamp != self._stamp:
-                    self._data, self._stamp = json.loads(self.path.read_text()), stamp
-                return self._data
-            except FileNotFoundError:
-                raise AuthError(f"no key file at {self.path}: is TorchServe running from this home?") from None
-            except (ValueError, OSError):
-                time.sleep(0.05)
-        raise AuthError(f"cannot read the key file {self.path}")
+        """The key file's content, re-read when the file changes (a torn read is retried)."""
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                self._data, self._stamp = load_key_file(self.path), stamp
+            return self._data
+        except FileNotFoundError:
+            raise AuthError(f"no key file at {self.path}: is TorchServe running from this home?") from None
+        except (ValueError, OSError) as exc:
+            raise AuthError(f"cannot read the key file {self.path}: {exc}") from None
 
     def key(self, kind: str) -> str:
         return self.data()[kind]["key"]
@@ -107,16 +104,13 @@ class KeyRing:
         """After an authorization failure with key ``used``: the key that works now. TorchServe swaps
         a renewed key in before it rewrites the file, so wait for the file to change (up to 2 s);
         renew when the key on file has expired or TorchServe refuses it."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            self._stamp = None
-            key = self.key(kind)
-            if key != used:
-                return key
-            if self.expires_at(kind) <= time.time() + 1 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        return key if self.works(kind, key) else self.renew(kind)
+        self._stamp = None
+        expired = self.key(kind) == used and self.expires_at(kind) <= time.time() + 1
+        key = read_key(self.path.parent, kind, not_this=used, wait_s=0.0 if expired else 2.0)
+        self._stamp = None
+        if key != used or self.works(kind, key):
+            return key
+        return self.renew(kind)
 
 
 def keykeeper_loop(home: Path, management_url: str, inference_url: str, lifetime_s: float,

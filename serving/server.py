@@ -32,8 +32,7 @@ import psutil
 import requests
 
 from hap.config import ServingConfig
-from hap_runtime.admission import MGMT_ENV
-from hap_runtime.shadow import HOME_ENV, URL_ENV
+from hap_runtime.keyfile import HOME_ENV, MGMT_ENV, URL_ENV
 from serving.archive import MODEL_NAME
 from serving.errors import AuthError, ServingError
 from serving.keys import PID_FILE, KeyRing, is_auth_failure
@@ -44,15 +43,24 @@ FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 WORKER_SCRIPT = "model_service_worker.py"
 
 
+def torchserve_failure(status: int, text: str) -> str | None:
+    """TorchServe's own failure answers to a prediction (not the handler's): ``worker_died`` (507, the
+    batch was in flight when its worker crashed) or ``queue_full`` (503, its job queue is full)."""
+    if status >= 500 and "Worker died" in text:
+        return "worker_died"
+    if status == 503 and "has no worker to serve inference request" in text:
+        return "queue_full"
+    return None
+
+
 def transient_failure(resp: requests.Response) -> str | None:
     """The kind of a retryable answer to a prediction: ``worker_died`` or ``overloaded`` (the
     handler's shedding, or TorchServe's own answer to a full queue)."""
     text = resp.text[:300]
-    if resp.status_code >= 500 and "Worker died" in text:
-        return "worker_died"
-    if resp.status_code == 503 and ('"overloaded"' in text or "has no worker to serve inference request" in text):
+    kind = torchserve_failure(resp.status_code, text)
+    if kind == "queue_full" or (resp.status_code == 503 and '"overloaded"' in text):
         return "overloaded"
-    return None
+    return kind
 
 
 @dataclass(frozen=True)
