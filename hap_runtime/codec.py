@@ -119,7 +119,10 @@ DECODER = JsonDecoder()
 
 def decode_body(raw: Any, max_bytes: int, decoder: JsonDecoder = DECODER) -> Any:
     """The request body as Python objects. TorchServe hands bytes (``decode_input_request=false``),
-    a ``str`` for ``text/*`` bodies, or JSON it already decoded."""
+    a ``str`` for ``text/*`` bodies, or JSON it already decoded; ``None`` when it found no body."""
+    if raw is None:  # e.g. a form-encoded POST (curl --data without a Content-Type): TorchServe split it
+        raise RequestError("body", "no request body found: send the JSON with 'Content-Type: application/json' "
+                           "(TorchServe turns form-encoded bodies into parameters)", "malformed_json")  # fmt: skip
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if not isinstance(raw, bytes | bytearray):

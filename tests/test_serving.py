@@ -222,13 +222,15 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
     cases = bad_requests(valid[0], RoutingConfig())
     jobs = [("valid", i, b) for i, b in enumerate(valid)] * 6 + [("bad", i, c[1]) for i, c in enumerate(cases)] * 2
     jobs.append(("text", 0, json.dumps(valid[1])))
+    jobs.append(("form", 0, json.dumps(valid[2])))  # curl --data without a Content-Type: form-encoded
 
     def send(job):
         kind, i, body = job
         client = _twin(server)
-        if kind == "text":  # valid JSON sent as text/plain
+        if kind in ("text", "form"):  # valid JSON sent as text/plain, or as a form
+            ctype = "text/plain" if kind == "text" else "application/x-www-form-urlencoded"
             return job, client._call("inference", "POST", f"{server.inference_url}/predictions/hap", data=body,
-                                     headers={"Content-Type": "text/plain"}, timeout=60)  # fmt: skip
+                                     headers={"Content-Type": ctype}, timeout=60)  # fmt: skip
         return job, client.predict(body, retries=0)
 
     from concurrent.futures import ThreadPoolExecutor
@@ -239,6 +241,9 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
         if kind in ("valid", "text"):
             assert r.status_code == 200, (kind, i, r.status_code, r.text[:300])
             _same_answer(r.json(), alone[i if kind == "valid" else 1])
+        elif kind == "form":
+            assert r.status_code == 400 and r.json()["kind"] == "malformed_json", r.text[:300]
+            assert "Content-Type: application/json" in r.json()["error"]
         else:
             name, _, field, err_kind = cases[i]
             assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
