@@ -147,7 +147,7 @@ def part_cost(work: Path, scales: list[int], device: str) -> list[dict]:
         _simulate(root, DEMO_REQUESTS * s, 3)
         ws = Workspace(root)
         os.environ["HAP_HOME"] = str(root)
-        cfg = _cfg(3, HapConfig().train.epochs, device=device)  # the daily defaults: 3-day window, 3 epochs
+        cfg = _cfg(3, HapConfig().train.epochs, device=device)  # the daily defaults: 3-day window, early stopping
         t0 = time.perf_counter()
         verdict = flow.validate(END, ws, cfg)
         t1 = time.perf_counter()

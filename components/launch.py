@@ -32,8 +32,10 @@ class TrainingFailed(RuntimeError):
     """The training job (torchrun group or PyTorchJob) did not finish successfully."""
 
 
-def worker_args(prepared: str, which: str, config: str, out: str) -> list[str]:
-    return ["--prepared", prepared, "--which", which, "--config", config, "--out", out]
+def worker_args(prepared: str, which: str, config: str, out: str, init: str = "") -> list[str]:
+    return ["--prepared", prepared, "--which", which, "--config", config, "--out", out] + (
+        ["--init", init] if init else []
+    )
 
 
 def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str]:
@@ -42,20 +44,21 @@ def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str
     return [*launcher, f"--max-restarts={max_restarts}", "-m", ENTRY_MODULE, *args]
 
 
-def train(prepared: str, which: str, cfg: HapConfig, out: str) -> dict:
-    """Train ``which`` on the prepared shards with the configured launcher; returns its history."""
+def train(prepared: str, which: str, cfg: HapConfig, out: str, init: str = "") -> dict:
+    """Train ``which`` on the prepared shards with the configured launcher; returns its history.
+    ``init``: the light model folder the expressive model warm-starts from."""
     job = cfg.job
     if job.launcher == "pytorchjob":
-        return run_pytorchjob(prepared, which, cfg, out)
+        return run_pytorchjob(prepared, which, cfg, out, init)
     if job.launcher != "local":
         raise ValueError(f"unknown training launcher {job.launcher!r}: use 'local' or 'pytorchjob'")
     if job.processes <= 1:
         from models.steps import train_worker
 
-        return train_worker(prepared, which, cfg, out)
+        return train_worker(prepared, which, cfg, out, init_dir=init)
     config = Path(str(out) + ".config.json")
     config.write_text(cfg.to_json())
-    cmd = torchrun_command(job.processes, job.max_restarts, worker_args(prepared, which, str(config), out))
+    cmd = torchrun_command(job.processes, job.max_restarts, worker_args(prepared, which, str(config), out, init))
     log.info("launching %s", " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sys.stdout.write(proc.stdout)
@@ -122,7 +125,9 @@ def pytorchjob_manifest(name: str, job: TrainJobConfig, args: list[str]) -> dict
     }
 
 
-def run_pytorchjob(prepared: str, which: str, cfg: HapConfig, out: str, api: Any = None, poll_s: float = 10.0) -> dict:
+def run_pytorchjob(
+    prepared: str, which: str, cfg: HapConfig, out: str, init: str = "", api: Any = None, poll_s: float = 10.0
+) -> dict:
     """Stage the prepared shards on the workspace volume, run the PyTorchJob, copy the model back.
 
     The KFP component and the job's pods mount the same volume at ``job.workspace_mount``; the
@@ -135,7 +140,15 @@ def run_pytorchjob(prepared: str, which: str, cfg: HapConfig, out: str, api: Any
     stage = fresh_dir(Path(job.workspace_mount) / "jobs" / name)
     shutil.copytree(prepared, stage / "prepared")
     (stage / "config.json").write_text(cfg.to_json())
-    args = worker_args(str(stage / "prepared"), which, str(stage / "config.json"), str(stage / "model"))
+    if init:  # the light model the expressive one warm-starts from travels with the shards
+        shutil.copytree(init, stage / "init")
+    args = worker_args(
+        str(stage / "prepared"),
+        which,
+        str(stage / "config.json"),
+        str(stage / "model"),
+        str(stage / "init") if init else "",
+    )
     manifest = pytorchjob_manifest(name, job, args)
     api = api or _custom_objects_api()
     group, version, plural = "kubeflow.org", "v1", "pytorchjobs"

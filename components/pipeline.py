@@ -1,4 +1,4 @@
-"""KFP pipeline: prepare → train_light, train_expressive → evaluate. Components only wire steps;
+"""KFP pipeline: prepare → train_light → train_expressive (warm-started from light) → evaluate. Components only wire steps;
 the logic is in ``models.steps`` so the CLI and tests run the very same code.
 
 Local mode runs it with ``kfp.local.SubprocessRunner(use_venv=False)`` in this environment; the
@@ -37,11 +37,11 @@ def train_light_op(prepared: Input[Dataset], config_json: str, model: Output[Mod
 
 
 @dsl.component(base_image=IMAGE)
-def train_expressive_op(prepared: Input[Dataset], config_json: str, model: Output[Model]):
+def train_expressive_op(prepared: Input[Dataset], light: Input[Model], config_json: str, model: Output[Model]):
     from components.launch import train
     from hap.config import HapConfig
 
-    history = train(prepared.path, "expressive", HapConfig.from_json(config_json), model.path)
+    history = train(prepared.path, "expressive", HapConfig.from_json(config_json), model.path, init=light.path)
     model.metadata["train_seconds"] = history["seconds"]
 
 
@@ -85,7 +85,9 @@ def hap_training(workspace_root: str, ds: str, config_json: str, production_dir:
 ):  # noqa: F821
     prep = prepare_op(workspace_root=workspace_root, ds=ds, config_json=config_json)
     light = train_light_op(prepared=prep.outputs["prepared"], config_json=config_json)
-    expressive = train_expressive_op(prepared=prep.outputs["prepared"], config_json=config_json)
+    expressive = train_expressive_op(  # warm-starts from the same day's light model
+        prepared=prep.outputs["prepared"], light=light.outputs["model"], config_json=config_json
+    )
     ev = evaluate_op(
         prepared=prep.outputs["prepared"],
         light=light.outputs["model"],

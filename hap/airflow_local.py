@@ -112,8 +112,13 @@ class StandaloneAirflow:
         self.proc: subprocess.Popen | None = None
 
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run an ``airflow`` CLI command; on failure (``check``) the error carries its stderr."""
         cmd = [sys.executable, "-m", "airflow", *args]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=check)
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-40:])
+            raise RuntimeError(f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{tail}")
+        return proc
 
     def start(self, timeout: float = 240) -> None:
         import time

@@ -176,11 +176,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("      held-out AUC by difficulty slice (positives vs that source's negatives):")
         print("      model       " + "".join(f"{s:>9}" for s in SLICES))
         print("      light       " + "".join(f"{ev[f'light.auc.{s}']:>9.4f}" for s in SLICES))
+        hard = [ev.get(f"light.hard.auc.{s}") for s in SLICES]  # light on the expressive model's scope
+        print("      light, hard " + "".join(f"{v:>9.4f}" if v is not None else f"{'—':>9}" for v in hard))
         expr = [ev.get(f"expressive.auc.{s}") for s in SLICES]  # hard sources only: others are "—"
         print("      expressive  " + "".join(f"{v:>9.4f}" if v is not None else f"{'—':>9}" for v in expr))
-        print(
-            f"      two-stage recall@M: {ev['system.recall_at_m']:.4f} (light alone {ev['system.light_recall_at_m']:.4f})"
-        )
+        what = "expected-click share" if ev["system.view"] == "serving" else "logged recall"
+        print(f"      two-stage {what}@{ev['system.m']} of N={ev['system.n']} at chosen K={ev['system.k']}: "
+              f"{ev['system.value']:.4f} (light alone {ev['system.light_value']:.4f}, "
+              f"{ev['system.flops_share']:.2f}x the uniform expressive model's FLOPs)")  # fmt: skip
     if (run_dir / "decision.json").exists():
         d = json.loads((run_dir / "decision.json").read_text())
         print(f"[4/5] gate: {'PASS' if d['passed'] else 'FAIL'} — {d['reason']} (report: {run_dir / 'decision.md'})")

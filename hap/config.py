@@ -47,6 +47,15 @@ class SimConfig:
     seq_min_len: int = 5
     chunk_requests: int = 256
     seed: int = 7
+    # Sequence interaction (docs/simulator.md): true utility U = F + G with F the factorized utility and
+    # G = β·(exp(κ·(max_h cos(v_c, v_h) − 1)) − μ) over the request's `session_window` most recent
+    # history items, a session interest first among them. β = 0 is the purely factorized world.
+    session_beta: float = 4.0
+    session_kappa: float = 4.0
+    session_window: int = 5
+    # Share of requests (by request-id hash, the pipeline's held-out share) whose every retrieved
+    # candidate is written with its true click probability: evaluation at serving ratios.
+    eval_fraction: float = 0.2
     composition: Composition = field(default_factory=Composition)
 
 
@@ -56,9 +65,13 @@ class LossConfig:
 
     ``mode`` = "ghcl" (per-source softmax groups), "softmax" (one group of all negatives)
     or "bce" (pointwise only). Weights are per source; constants are not public, so configurable.
+    ``harmonize`` adds the paper's gradient harmonization across the source groups (GHCL mode only).
     """
 
     mode: str = "ghcl"
+    # "norm": before each step, rescale every source's InfoNCE term so its gradient on the shared
+    # (non-embedding) layers has the sources' mean norm — gradient harmonization; "none": the weights alone.
+    harmonize: str = "none"
     temperature: float = 1.0
     bce_weight: float = 1.0
     source_weights: dict[str, float] = field(
@@ -68,7 +81,13 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
+    """``epochs`` is the most a model trains: with a validation split (``valid_fraction`` of the run's
+    day, by request-id hash, never trained on) each model keeps its best epoch by validation slice
+    AUC and stops after ``patience`` epochs without improvement."""
+
+    epochs: int = 8
+    patience: int = 2
+    valid_fraction: float = 0.2
     batch_requests: int = 128
     lr: float = 3e-3
     seed: int = 0
@@ -76,6 +95,18 @@ class TrainConfig:
     monitor_every: int = 25  # gradient-conflict monitor period in steps; 0 turns it off
     device: str = "auto"  # auto: this worker's GPU when there is one, else cpu
     shard_requests: int = 2048  # requests per streamed shard: bounds training memory whatever the day's size
+
+
+@dataclass(frozen=True)
+class ExpressiveRecipe:
+    """How the expressive model trains. ``init="light"`` warm-starts its embeddings and towers from
+    the same day's light model (they share shapes), so it spends its capacity on the sequence
+    interaction instead of relearning ids; ``"cold"`` starts from random weights. ``sources``: the
+    samples it sees — the hard ones (DAMR), or all four with ``expressive_loss`` weights that
+    emphasize the hard ones."""
+
+    init: str = "light"
+    sources: tuple[str, ...] = ("expose", "rank")
 
 
 @dataclass(frozen=True)
@@ -127,14 +158,27 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Offline evaluation on held-out requests of the run's day (logged candidates, ~35/request)."""
+    """Offline evaluation on held-out requests of the run's day (``models.evaluation``).
+
+    Logged view: the ~35 logged candidates per request (slice AUCs; recall@``m`` with ``k``).
+    Serving view (simulation): every retrieved candidate with p(click); the system metric is swept
+    over ``k_grid`` with M = ``routing.m``, and K is chosen per run (``select_k``): the smallest K
+    within ``k_tolerance`` of the best, among the K that beat light alone beyond their 95% interval
+    and cost at most ``max_flops_share`` of the uniform expressive model's FLOPs; none → K = 0.
+    ``select_k = false`` serves ``routing.k`` as configured (the gate still judges it).
+    """
 
     holdout_fraction: float = 0.2
     k: int = 12
     m: int = 6
-    flops_candidates: int = 1000  # N for FLOPs/request (serving scale; K from the routing config)
-    bootstrap: int = 100  # paired bootstrap resamples of held-out requests for the gate's intervals
+    k_grid: tuple[int, ...] = (0, 75, 100, 125, 150, 200)
+    k_grid_logged: tuple[int, ...] = (0, 8, 12, 16, 24)  # a real log's ~35 logged candidates per request
+    k_tolerance: float = 0.01
+    max_flops_share: float = 0.5
+    select_k: bool = True
+    bootstrap: int = 100  # paired bootstrap resamples of held-out requests for every interval
     max_holdout_requests: int = 20_000  # evaluation reads at most this many held-out requests
+    max_serving_requests: int = 3000  # and at most this many with every retrieved candidate
 
 
 @dataclass(frozen=True)
@@ -156,9 +200,12 @@ class HapConfig:
     label: str = "click"
     sim: SimConfig = field(default_factory=SimConfig)
     light: ModelConfig = field(default_factory=ModelConfig)
-    expressive: ModelConfig = field(default_factory=lambda: ModelConfig(mlp_dims=(128, 64, 32), attention=True))
+    expressive: ModelConfig = field(
+        default_factory=lambda: ModelConfig(mlp_dims=(256, 128, 64, 32), attention=True, attention_dims=(32,))
+    )
     light_loss: LossConfig = field(default_factory=LossConfig)
     expressive_loss: LossConfig = field(default_factory=lambda: LossConfig(source_weights={"expose": 1.0, "rank": 1.0}))
+    expressive_recipe: ExpressiveRecipe = field(default_factory=ExpressiveRecipe)
     train: TrainConfig = field(default_factory=TrainConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 LABEL_COLUMNS: tuple[str, ...] = ("click", "like", "comment", "dwell_ms")
 POSITION_COLUMNS: tuple[str, ...] = ("retrieval_pos", "prerank_pos", "rank_pos")
 TABLES: tuple[str, ...] = ("requests", "candidates")
+# Beside the contract, from simulation only: every retrieved candidate of the held-out requests with
+# its true click probability (evaluation at serving ratios). Real logs have no such table.
+EVAL_TABLE = "eval_candidates"
 # Row groups are the unit a reader decodes at once: bounded groups keep streaming readers bounded.
 ROW_GROUP_ROWS = 65_536
 
@@ -116,3 +120,19 @@ def aggregate_label(candidates: pa.Table, label: str = "click") -> np.ndarray:
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r}; choose one of {sorted(LABELS)}")
     return LABELS[label](candidates).astype(np.float32)
+
+
+HASH_SPACE = 10_000  # request ids hash to crc32 % HASH_SPACE for the holdout and validation splits
+
+
+def split_mask(request_ids: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Requests whose id hashes into the share ``[lo, hi)`` of the hash space: a deterministic
+    request-level split, stable across reruns, machines and the simulator (which writes its
+    evaluation table for exactly the held-out share)."""
+    a, b = int(lo * HASH_SPACE), int(hi * HASH_SPACE)
+    return np.fromiter((a <= zlib.crc32(r.encode()) % HASH_SPACE < b for r in request_ids), bool, len(request_ids))
+
+
+def holdout_mask(request_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """The held-out requests: the first ``fraction`` of the hash space."""
+    return split_mask(request_ids, 0.0, fraction)

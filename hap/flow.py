@@ -91,6 +91,9 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) ->
     evaluation_path = Path(out["run_dir"]) / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text())
     evaluation["production_version"] = prod["version"] if prod else None
+    first = registry.first_accepted()
+    if first is not None:  # the gate's relative floors: never drift far from the first accepted run
+        evaluation["first_accepted"] = {"version": first["version"], "ds": first["ds"], "metrics": first["metrics"]}
     write_json_atomic(evaluation_path, evaluation)
     return out["run_dir"]
 

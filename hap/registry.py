@@ -45,6 +45,11 @@ class Registry:
         out = [json.loads((d / "manifest.json").read_text()) for d in base.iterdir() if (d / "manifest.json").exists()]
         return sorted(out, key=lambda m: (m["ds"], int(m["version"].split(".")[1])))
 
+    def first_accepted(self) -> dict[str, Any] | None:
+        """The first version ever registered (it passed its gate): the anchor of relative floors."""
+        versions = self.versions()
+        return min(versions, key=lambda m: m["registered_at"]) if versions else None
+
     def register(self, ds: str, run_dir: str | Path) -> str:
         """Copy a gated run into a new version (or return the existing one with the same content)."""
         run_dir = Path(run_dir)
@@ -80,8 +85,8 @@ class Registry:
         lines = [
             "# Model registry",
             "",
-            "| version | ds | window | parent | gate | light AUC | recall@M | MFLOPs/req | serving |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| version | ds | window | parent | gate | light AUC | K | system metric (light alone) | MFLOPs/req | serving |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for m in self.versions():
             decision_file = self.version_dir(m["version"]) / "decision.json"
@@ -92,7 +97,8 @@ class Registry:
             lines.append(
                 f"| [{m['version']}](versions/{m['version']}/decision.md) | {m['ds']} | {window} | "
                 f"{m['parent'] or '—'} | {gate} | {met.get('light.auc.overall', float('nan')):.4f} | "
-                f"{met.get('system.recall_at_m', float('nan')):.4f} | "
+                f"{met.get('system.k', '—')} | {met.get('system.value', float('nan')):.4f} "
+                f"({met.get('system.light_value', float('nan')):.4f}) | "
                 f"{met.get('system.flops_per_request', float('nan')) / 1e6:.1f} | "
                 f"{'production' if m['version'] == prod else ''} |"
             )

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from hap import SOURCES
 from hap.config import SimConfig
-from hap.contract import candidates_schema, requests_schema, write_partition
+from hap.contract import EVAL_TABLE, candidates_schema, holdout_mask, requests_schema, write_partition
 from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 
 _EXPOSE, _RANK, _PRERANK, _GLOBAL = range(4)
@@ -25,13 +25,16 @@ _EXPOSE, _RANK, _PRERANK, _GLOBAL = range(4)
 
 @dataclass
 class DayLog:
-    """One simulated day. ``utility`` (true utility per candidate row) never leaves the simulator's
-    callers: it is not part of the contract, only what tests use to check the difficulty ordering."""
+    """One simulated day. ``utility`` (true utility per candidate row) is not part of the contract,
+    only what tests use to check the difficulty ordering. ``evaluation`` is written beside the
+    contract (table ``eval_candidates``): the truth a logged dataset never has, for evaluating the
+    two-stage system at serving ratios (N retrieved candidates, K routed, M answered)."""
 
     ds: str
     requests: pa.Table
     candidates: pa.Table
     utility: np.ndarray
+    evaluation: pa.Table  # held-out requests × every retrieved candidate, with the true click probability
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -98,6 +101,11 @@ class CascadeSimulator:
             "title_len": rng.integers(5, 100, n_i).astype(np.float32),
         }
         self.user_hist = self._histories(rng)
+        self.item_unit = self.item_vec / np.linalg.norm(self.item_vec, axis=1, keepdims=True)
+        self.session_mu = np.float32(0.0)
+        self.click_threshold = np.float32(cfg.click_threshold)
+        if cfg.session_beta:
+            self._calibrate(np.random.default_rng([cfg.seed, 1]))
 
     def utility(self, users: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
         """True utility of items for users: (B, I) for all items, or (B,) for paired items."""
@@ -105,6 +113,49 @@ class CascadeSimulator:
             return (self.user_vec[users] @ self.item_vec.T) * self.scale + self.item_quality
         dot = np.einsum("bd,bd->b", self.user_vec[users], self.item_vec[items])
         return dot * self.scale + self.item_quality[items]
+
+    def session_gain(self, recent: np.ndarray) -> np.ndarray:
+        """G (B, I): every item's gain from being close to one of the request's recent items (B, W).
+
+        A max over the recent items, sharpened by κ, so a candidate near one specific item gains,
+        which no average over the history expresses. Centred by μ so the pool's mean gain is ~0.
+        """
+        cfg = self.cfg
+        best = self.item_unit[recent[:, 0]] @ self.item_unit.T  # (B, I)
+        for w in range(1, recent.shape[1]):
+            np.maximum(best, self.item_unit[recent[:, w]] @ self.item_unit.T, out=best)
+        return (cfg.session_beta * (np.exp(cfg.session_kappa * (best - 1.0)) - self.session_mu)).astype(np.float32)
+
+    def _recent(self, users: np.ndarray, hist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Place a session interest (a uniformly drawn item) first in each request's history (B, L)."""
+        hist[:, 0] = rng.integers(0, self.cfg.n_items, len(users))
+        return hist[:, : self.cfg.session_window]
+
+    def _calibrate(self, rng: np.random.Generator) -> None:
+        """Fix μ (G's pool mean) and move the click threshold so the exposed click rate is the
+        factorized world's: β changes what users click, not how much."""
+        cfg = self.cfg
+        users = rng.integers(0, cfg.n_users, 512)
+        recent = self._recent(users, self.user_hist[users].copy(), rng)
+        best = self.item_unit[recent[:, 0]] @ self.item_unit.T
+        for w in range(1, recent.shape[1]):
+            np.maximum(best, self.item_unit[recent[:, w]] @ self.item_unit.T, out=best)
+        self.session_mu = np.float32(np.exp(cfg.session_kappa * (best - 1.0)).mean())
+
+        def exposed_utility(gain: np.ndarray | None) -> np.ndarray:
+            out = self._cascade(users, np.random.default_rng([cfg.seed, 2]), gain)[0]
+            return out["utility"][out["source"] == _EXPOSE]
+
+        def click_rate(u: np.ndarray, threshold: float) -> float:
+            return float(_sigmoid(cfg.click_scale * (u - threshold)).mean())
+
+        target = click_rate(exposed_utility(None), cfg.click_threshold)
+        u = exposed_utility(self.session_gain(recent))
+        lo, hi = cfg.click_threshold - 10.0, cfg.click_threshold + 10.0
+        for _ in range(60):  # the click rate falls as the threshold rises
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if click_rate(u, mid) > target else (lo, mid)
+        self.click_threshold = np.float32(0.5 * (lo + hi))
 
     def _histories(self, rng: np.random.Generator) -> np.ndarray:
         """Each user's recent behaviour: items drawn (Gumbel top-L) in proportion to utility."""
@@ -126,20 +177,33 @@ class CascadeSimulator:
         start_us = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1e6)
         ts_us = np.sort(rng.integers(0, 86_400_000_000, n_requests)) + start_us
         seq_len = rng.integers(cfg.seq_min_len, cfg.seq_max_len + 1, n_requests)
+        hist_idx = (np.arange(cfg.seq_max_len) + day.toordinal()) % cfg.seq_max_len
+        hist = self.user_hist[users][:, hist_idx]  # (R, L) item indices, most recent first
+        gain = None
+        if cfg.session_beta:  # its own random stream: β = 0 draws exactly the factorized world's numbers
+            recent = self._recent(users, hist, np.random.default_rng([cfg.seed, day.toordinal(), 1]))
 
+            def gain(s: int) -> np.ndarray:
+                return self.session_gain(recent[s : s + cfg.chunk_requests])
+
+        starts = range(0, n_requests, cfg.chunk_requests)
         chunks = [
-            self._cascade(users[s : s + cfg.chunk_requests], np.random.default_rng([cfg.seed, day.toordinal(), s]))
-            for s in range(0, n_requests, cfg.chunk_requests)
+            self._cascade(
+                users[s : s + cfg.chunk_requests],
+                np.random.default_rng([cfg.seed, day.toordinal(), s]),
+                gain(s) if gain else None,
+            )
+            for s in starts
         ]
-        cand = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        offsets = np.cumsum(
-            [0] + [len(users[s : s + cfg.chunk_requests]) for s in range(0, n_requests, cfg.chunk_requests)]
-        )
-        cand["req"] = np.concatenate([c["req"] + offsets[i] for i, c in enumerate(chunks)])
+        cand = {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]}
+        offsets = np.cumsum([0] + [len(users[s : s + cfg.chunk_requests]) for s in starts])
+        cand["req"] = np.concatenate([c[0]["req"] + offsets[i] for i, c in enumerate(chunks)])
 
         request_ids = pa.array([f"{day:%Y%m%d}-{i:07d}" for i in range(n_requests)], pa.string())
-        hist_idx = (np.arange(cfg.seq_max_len) + day.toordinal()) % cfg.seq_max_len
-        hist = self.user_hist[users][:, hist_idx] + 1  # item ids are index + 1
+        evaluation = self._evaluation_table(
+            request_ids, np.concatenate([c[1] for c in chunks]), np.concatenate([c[2] for c in chunks])
+        )
+        hist = hist + 1  # item ids are index + 1
         hist_lists = pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(seq_len)]), pa.int32()),
             pa.array(hist[np.arange(cfg.seq_max_len)[None, :] < seq_len[:, None]], pa.int64()),
@@ -174,19 +238,43 @@ class CascadeSimulator:
         }
         cand_schema = candidates_schema(self.spec)
         candidates = pa.table({f.name: cand_cols[f.name] for f in cand_schema}, schema=cand_schema)
-        return DayLog(ds, requests, candidates, cand["utility"])
+        return DayLog(ds, requests, candidates, cand["utility"], evaluation)
 
-    def _cascade(self, users: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Run retrieval → pre-rank → rank → exposure → feedback for a chunk of requests."""
+    def _evaluation_table(self, request_ids: pa.Array, retrieved: np.ndarray, utility: np.ndarray) -> pa.Table:
+        """Every retrieved candidate (R × S) of the held-out share of requests, with p(click)."""
+        held = np.flatnonzero(holdout_mask(np.asarray(request_ids.to_pylist(), dtype=str), self.cfg.eval_fraction))
+        S = retrieved.shape[1]
+        items = retrieved[held].ravel()
+        p_click = _sigmoid(self.cfg.click_scale * (utility[held].ravel() - self.click_threshold))
+        cols = {
+            "request_id": request_ids.take(pa.array(np.repeat(held, S))),
+            "retrieval_pos": np.tile(np.arange(1, S + 1, dtype=np.int32), len(held)),
+            "p_click": p_click.astype(np.float32),
+            **{k: v[items] for k, v in self.item_cols.items()},
+        }
+        return pa.table(cols)
+
+    def _cascade(
+        self, users: np.ndarray, rng: np.random.Generator, gain: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Run retrieval → pre-rank → rank → exposure → feedback for a chunk of requests.
+
+        ``gain`` (B, I) is the sequence-interaction term G: retrieval (which follows recent items)
+        and ranking see it, the factorized pre-ranker does not. Returns the logged rows, and every
+        retrieved item (B, S) with its true utility (B, S) for the evaluation table.
+        """
         cfg, comp = self.cfg, self.cfg.composition
         B, S, P = len(users), cfg.retrieval_size, comp.prerank_cutoff
         rows = np.arange(B)[:, None]
-        util = self.utility(users)  # (B, I)
+        factorized = self.utility(users)  # (B, I): F
+        util = factorized if gain is None else factorized + gain  # (B, I): U = F + G
 
         # retrieval: a weaker two-tower model, i.e. the dot product with a noisy user vector
         d = cfg.latent_dim
         noisy_user = self.user_vec[users] + cfg.retrieval_noise * rng.standard_normal((B, d), dtype=np.float32)
         retr_score = (noisy_user @ self.item_vec.T) * self.scale + self.item_quality  # (B, I)
+        if gain is not None:
+            retr_score += gain
         retrieved = np.argpartition(-retr_score, S, axis=1)[:, :S]  # (B, S) item indices
         kth = retr_score[rows, retrieved].min(axis=1, keepdims=True)  # (B, 1) retrieval cut-off
         retr_order = np.argsort(-retr_score[rows, retrieved], axis=1)
@@ -194,7 +282,8 @@ class CascadeSimulator:
         u_sel = util[rows, retrieved]  # (B, S)
 
         pos_retr = np.broadcast_to(np.arange(1, S + 1), (B, S))
-        pre_order = np.argsort(-(u_sel + cfg.prerank_noise * rng.standard_normal((B, S))), axis=1)
+        f_sel = factorized[rows, retrieved] if gain is not None else u_sel  # the pre-ranker sees F only
+        pre_order = np.argsort(-(f_sel + cfg.prerank_noise * rng.standard_normal((B, S))), axis=1)
         pos_pre = np.empty((B, S), dtype=np.int64)
         pos_pre[rows, pre_order] = np.arange(1, S + 1)
         to_rank = pre_order[:, :P]  # (B, P) indices into S
@@ -207,7 +296,7 @@ class CascadeSimulator:
         n_exp = rng.integers(cfg.expose_min, cfg.expose_max + 1, B)
         exp_idx = ranked[:, : cfg.expose_max]
         exp_mask = np.arange(cfg.expose_max)[None, :] < n_exp[:, None]
-        p_click = _sigmoid(cfg.click_scale * (u_sel[rows, exp_idx] - cfg.click_threshold))
+        p_click = _sigmoid(cfg.click_scale * (u_sel[rows, exp_idx] - self.click_threshold))
         click = (rng.random(p_click.shape) < p_click) & exp_mask
         n_pos = click.sum(axis=1)
 
@@ -263,7 +352,7 @@ class CascadeSimulator:
             "utility": utility,
             **positions,
         }
-        return {k: np.asarray(v)[mask] for k, v in out.items()}
+        return {k: np.asarray(v)[mask] for k, v in out.items()}, retrieved, u_sel
 
     def write_days(self, root: str | Path, start: str, days: int, n_requests: int) -> list[str]:
         """Simulate ``days`` consecutive days from ``start`` and write them (idempotent per day)."""
@@ -273,5 +362,6 @@ class CascadeSimulator:
             log = self.simulate_day(ds, n_requests)
             write_partition(root, "requests", ds, log.requests)
             write_partition(root, "candidates", ds, log.candidates)
+            write_partition(root, EVAL_TABLE, ds, log.evaluation)
             written.append(ds)
         return written

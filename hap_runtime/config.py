@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of one model. Light: M MLP layers, no attention. Expressive: N > M layers + attention."""
+    """Sizes of one model. Light: M MLP layers, no attention. Expressive: N > M layers + target
+    attention whose unit (an MLP of ``attention_dims`` per candidate × history item) is what makes it
+    the expensive model."""
 
     emb_dim: int = 16
     tower_dim: int = 32
     mlp_dims: tuple[int, ...] = (64, 32)
     attention: bool = False
+    attention_dims: tuple[int, ...] = (32,)
 
 
 @dataclass(frozen=True)

@@ -91,23 +91,32 @@ class ItemTower(nn.Module):
 
 
 class TargetAttention(nn.Module):
-    """Each candidate attends over its request's behaviour sequence (DIN-style target attention)."""
+    """DIN-style target attention: an MLP unit scores every (candidate, history item) pair from
+    ``[q, k, q*k, q-k]`` (padding positions are skipped, not scored and masked). Returns the softmax-pooled history, its product with the candidate, and
+    the best pair's score: a candidate's affinity to one specific recent item, which no average
+    over the history (the light model's user tower) can express."""
 
-    def __init__(self, emb_dim: int) -> None:
+    def __init__(self, emb_dim: int, dims: tuple[int, ...]) -> None:
         super().__init__()
-        self.query = nn.Linear(emb_dim, emb_dim)
-        self.scale = emb_dim**-0.5
+        self.unit = mlp([4 * emb_dim, *dims])
+        self.score = nn.Linear(dims[-1], 1)
 
     def forward(
         self, target: torch.Tensor, seq_emb: torch.Tensor, seq_mask: torch.Tensor, req: torch.Tensor
     ) -> torch.Tensor:
         # target (C, D); seq_emb (B, L, D); seq_mask (B, L); req (C,)
-        keys = seq_emb[req]  # (C, L, D)
-        logits = torch.einsum("cd,cld->cl", self.query(target), keys) * self.scale  # (C, L)
         mask = seq_mask[req]  # (C, L)
-        logits = logits.masked_fill(~mask, float("-inf"))
+        cand, pos = mask.nonzero(as_tuple=True)  # (P,) the real (candidate, history item) pairs only
+        q = target[cand]  # (P, D)
+        k = seq_emb[req[cand], pos]  # (P, D)
+        pair = self.score(self.unit(torch.cat([q, k, q * k, q - k], dim=-1))).squeeze(-1)  # (P,)
+        logits = torch.full(mask.shape, float("-inf"), dtype=pair.dtype, device=pair.device)
+        logits = logits.masked_scatter(mask, pair)  # (C, L); padding stays -inf
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty sequence → zeros
-        return torch.einsum("cl,cld->cd", weights, keys)  # (C, D)
+        pooled = torch.einsum("cl,cld->cd", weights, seq_emb[req])  # (C, D)
+        best = logits.amax(dim=-1, keepdim=True)  # (C, 1)
+        best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+        return torch.cat([pooled, target * pooled, best], dim=-1)  # (C, 2D + 1)
 
 
 class Interaction(nn.Module):
@@ -136,8 +145,8 @@ class PreRanker(nn.Module):
         self.user_tower = UserTower(len(self.user_feats), d, t)
         self.item_tower = ItemTower(len(self.item_feats), d, t)
         self.interaction = Interaction()
-        self.attention = TargetAttention(d) if cfg.attention else None
-        in_dim = 3 * t + (d if cfg.attention else 0)
+        self.attention = TargetAttention(d, cfg.attention_dims) if cfg.attention else None
+        in_dim = 3 * t + (2 * d + 1 if cfg.attention else 0)
         self.mlp = mlp([in_dim, *cfg.mlp_dims])
         self.head = nn.Linear(cfg.mlp_dims[-1], 1)
 
@@ -180,6 +189,8 @@ def load_model(directory: str | Path) -> PreRanker:
     meta = json.loads((directory / META_FILE).read_text())
     cfg = meta["config"]
     cfg["mlp_dims"] = tuple(cfg["mlp_dims"])
+    if "attention_dims" in cfg:
+        cfg["attention_dims"] = tuple(cfg["attention_dims"])
     model = PreRanker(ModelConfig(**cfg), FeatureSpec.from_dict(meta["spec"]))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
     model.eval()

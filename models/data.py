@@ -6,7 +6,6 @@ model computes the user tower once per request and broadcasts it (request-only l
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,7 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from hap import SOURCES
-from hap.contract import aggregate_label, read_partition, source_ids
+from hap.contract import HASH_SPACE, aggregate_label, holdout_mask, read_partition, source_ids  # noqa: F401  (re-exported)
 from hap_runtime.encode import encode_sequences, encode_side
 from hap_runtime.spec import FeatureSpec
 
@@ -163,12 +162,3 @@ def _columns(table: pa.Table, spec: FeatureSpec, side: str) -> dict[str, np.ndar
 
 def load_day(root: str | Path, ds: str, spec: FeatureSpec, label: str) -> EncodedData:
     return encode_tables(read_partition(root, "requests", ds), read_partition(root, "candidates", ds), spec, label)
-
-
-HASH_SPACE = 10_000  # request ids hash to crc32 % HASH_SPACE for the holdout split
-
-
-def holdout_mask(request_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic request-level split by a hash of the request id (stable across reruns)."""
-    cut = int(fraction * HASH_SPACE)
-    return np.fromiter((zlib.crc32(r.encode()) % HASH_SPACE < cut for r in request_ids), bool, len(request_ids))

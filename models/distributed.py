@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="HapConfig JSON file")
     p.add_argument("--out", required=True, help="model folder, written by rank 0")
     p.add_argument("--checkpoint", default="", help="checkpoint file (default: <out>.ckpt)")
+    p.add_argument("--init", default="", help="light model folder to warm-start the expressive model from")
     return p
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(message)s")
     cfg = HapConfig.from_json(open(args.config).read())
-    train_worker(args.prepared, args.which, cfg, args.out, args.checkpoint or None)
+    train_worker(args.prepared, args.which, cfg, args.out, args.checkpoint or None, init_dir=args.init)
 
 
 if __name__ == "__main__":

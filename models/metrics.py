@@ -36,11 +36,14 @@ def slice_aucs(scores: np.ndarray, data: EncodedData, sources: tuple[str, ...] =
 
 
 @torch.inference_mode()
-def predict(model: PreRanker, data: EncodedData, batch_requests: int = 512) -> np.ndarray:
-    """Logits for every candidate of ``data``, in its order."""
+def predict(model: PreRanker, data: EncodedData, max_candidates: int = 16_384) -> np.ndarray:
+    """Logits for every candidate of ``data``, in its order, in batches of whole requests holding
+    about ``max_candidates`` candidates (target attention holds candidates × history in memory)."""
     model.eval()
     out = []
-    for b in data.batches(batch_requests):
+    per_request = max(1.0, len(data.label) / max(data.n_requests, 1))
+    budget = max_candidates // 8 if model.attention is not None else max_candidates
+    for b in data.batches(max(1, int(budget / per_request))):
         out.append(model(b.user_x, b.seq, b.item_x, b.req).numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 

@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from hap.contract import partition_dir
+from hap.contract import HASH_SPACE, partition_dir, split_mask
 from hap.workspace import fresh_dir
 from hap_runtime.spec import FeatureSpec
-from models.data import HASH_SPACE, Batch, EncodedData, encode_tables, holdout_mask
+from models.data import Batch, EncodedData, encode_tables
 
 SCAN_ROWS = 65_536  # rows per scanned record batch in pass 1
 # pre_buffer would coalesce the reads of many row groups ahead of the scan: off, to stay bounded
@@ -113,6 +113,8 @@ class DayShards:
     holdout_requests: int
     holdout_samples: int
     buckets: int
+    valid_requests: int = 0
+    valid_samples: int = 0
 
 
 def write_day_shards(
@@ -123,29 +125,36 @@ def write_day_shards(
     out: Path,
     shard_requests: int,
     holdout: tuple[Path, float] | None = None,
+    valid: tuple[Path, float] | None = None,
 ) -> DayShards:
     """Encode one day's partition into shards under ``out/ds=<ds>/`` in bounded memory.
 
-    With ``holdout=(dir, fraction)`` a hash-split of the day's requests goes to ``dir`` instead.
+    With ``holdout=(dir, fraction)`` a hash-split of the day's requests goes to ``dir`` instead; with
+    ``valid=(dir, fraction)`` the next ``fraction`` of the hash space goes to ``dir`` (early stopping).
     """
     tmp = fresh_dir(out / f"_buckets_ds={ds}")
     n_requests = pads.dataset(partition_dir(root, "requests", ds), format="parquet").count_rows()
     n_buckets = max(1, math.ceil(n_requests / shard_requests))
     for table in ("requests", "candidates"):  # pass 1: spill rows to hash buckets of their request
         _spill(pads.dataset(partition_dir(root, table, ds), format=SCAN_FORMAT), tmp / table, n_buckets)
-    # (destination, key prefix in the totals, whether it takes the held-out requests)
-    splits = [(fresh_dir(out / f"ds={ds}"), "", False)]
+    # (destination, key prefix in the totals, its share [lo, hi) of the request-id hash space)
+    h_frac = holdout[1] if holdout is not None else 0.0
+    v_frac = valid[1] if valid is not None else 0.0
+    splits = [(fresh_dir(out / f"ds={ds}"), "", None)]
     if holdout is not None:
-        splits.append((fresh_dir(holdout[0] / f"ds={ds}"), "holdout_", True))
-    totals = dict(requests=0, samples=0, holdout_requests=0, holdout_samples=0)
+        splits.append((fresh_dir(holdout[0] / f"ds={ds}"), "holdout_", (0.0, h_frac)))
+    if valid is not None:
+        splits.append((fresh_dir(valid[0] / f"ds={ds}"), "valid_", (h_frac, h_frac + v_frac)))
+    totals = dict(requests=0, samples=0, holdout_requests=0, holdout_samples=0, valid_requests=0, valid_samples=0)
     for b in range(n_buckets):  # pass 2: one bucket in memory at a time
         tables = [_read_bucket(tmp / t / f"bucket={b}.parquet") for t in ("requests", "candidates")]
         if tables[0] is None or tables[1] is None:
             continue
         enc = encode_tables(tables[0], tables[1], spec, label)
-        held = holdout_mask(enc.request_ids, holdout[1]) if holdout is not None else np.zeros(enc.n_requests, bool)
-        for dest, key, takes_held in splits:
-            part = enc.select_requests(np.flatnonzero(held == takes_held))
+        kept_out = split_mask(enc.request_ids, 0.0, h_frac + v_frac)  # neither trained on
+        for dest, key, share in splits:
+            mine = ~kept_out if share is None else split_mask(enc.request_ids, *share)
+            part = enc.select_requests(np.flatnonzero(mine))
             if part.n_requests:
                 pq.write_table(to_table(part), dest / f"part-{b:05d}.parquet")
                 totals[key + "requests"] += part.n_requests

@@ -10,15 +10,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from hap import HARD_SOURCES, SOURCES
+from hap import SOURCES
 from hap.config import LossConfig, TrainConfig
 from hap_runtime.config import ModelConfig
 from hap_runtime.nets import PreRanker
 from hap_runtime.spec import FeatureSpec
-from models.data import Batch
+from models.data import Batch, EncodedData
 from models.distributed import DistContext, all_sum, barrier, pick_device
 from models.losses import hap_loss
 
@@ -41,12 +42,17 @@ def train_model(
     spec: FeatureSpec,
     ctx: DistContext | None = None,
     checkpoint: Path | None = None,
+    valid: EncodedData | None = None,
+    init: PreRanker | None = None,
 ) -> tuple[PreRanker, dict]:
     """Train one model from scratch (or from ``checkpoint``), deterministically for a given seed.
 
     With ``ctx.world > 1`` the model is wrapped in DDP: each rank trains on its own request batches
     and gradients are averaged. Rank 0 writes ``checkpoint`` after every epoch; a restarted job
-    resumes after the last completed epoch. Returns (model, history).
+    resumes after the last completed epoch. With ``valid`` (held-out requests, already restricted to
+    the model's sources) every epoch is scored by its mean slice AUC; the best epoch's weights are
+    kept and training stops after ``patience`` epochs without improvement. ``init`` warm-starts the
+    parameters whose names and shapes match. Returns (model, history).
     """
     ctx = ctx or DistContext(device=pick_device(train_cfg.device, 0))
     device = torch.device(ctx.device)
@@ -56,17 +62,24 @@ def train_model(
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.set_num_threads(max(1, train_cfg.threads // ctx.local_world))  # ranks on one machine share its cores
     model = PreRanker(model_cfg, spec).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     history: dict = {"epochs": [], "grad_monitor": [], "world_size": ctx.world, "device": ctx.device, "resumed": []}
+    history["warm_start"] = warm_start(model, init) if init is not None else []
+    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     first_epoch = 0
+    best: dict[str, torch.Tensor] | None = None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        best = state.get("best")
         first_epoch = int(state["epoch"]) + 1
         history = json.loads(state["history"])
         history["resumed"].append(first_epoch)
         log.warning("resuming from %s after epoch %d", checkpoint, first_epoch - 1)
+    shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    harmonize = loss_cfg.harmonize != "none"
+    if harmonize and (loss_cfg.harmonize != "norm" or loss_cfg.mode != "ghcl"):
+        raise ValueError(f"harmonize={loss_cfg.harmonize!r} needs harmonize='norm' and mode='ghcl'")
     net = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         if ctx.distributed
@@ -76,6 +89,8 @@ def train_model(
     step = sum(e["steps"] for e in history["epochs"])
     start = time.perf_counter()
     for epoch in range(first_epoch, train_cfg.epochs):
+        if stopped(history, train_cfg.patience):
+            break
         net.train()
         sums: dict[str, float] = {}
         n_batches = n_samples = n_requests = 0
@@ -92,6 +107,10 @@ def train_model(
             b = b.to(device)
             logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
             loss, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, loss_cfg)
+            if harmonize:
+                loss, scales = harmonized_loss(parts, shared, loss_cfg)
+                for k, v in scales.items():
+                    sums[f"harmony_{k}"] = sums.get(f"harmony_{k}", 0.0) + v
             if monitor and step % monitor == 0:
                 history["grad_monitor"].append({"step": step, **source_gradient_conflict(model, logits, b, loss_cfg)})
             opt.zero_grad(set_to_none=True)
@@ -113,19 +132,82 @@ def train_model(
         row["samples_per_s"] = total_samples / max(elapsed, 1e-9)
         history["epochs"].append(row)
         history["samples"], history["requests"] = int(total_samples), int(total_requests)
-        log.info("epoch %d loss %.4f (%.0f samples/s)", epoch, row.get("loss", float("nan")), row["samples_per_s"])
+        if valid is not None:  # every rank holds the same weights and data: the same decision
+            row["valid_auc"] = validation_score(model, valid)
+            if best is None or row["valid_auc"] > history.get("best_valid_auc", -1.0):
+                history["best_epoch"], history["best_valid_auc"] = epoch, row["valid_auc"]
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log.info("epoch %d loss %.4f valid AUC %s (%.0f samples/s)", epoch, row.get("loss", float("nan")),
+                 row.get("valid_auc", "—"), row["samples_per_s"])  # fmt: skip
         if checkpoint is not None and ctx.is_main:
-            save_checkpoint(checkpoint, epoch, model, opt, history)
+            save_checkpoint(checkpoint, epoch, model, opt, history, best)
         barrier(ctx)
+    if best is not None:
+        model.load_state_dict(best)
     history["seconds"] = time.perf_counter() - start
     return model.eval(), history
 
 
-def save_checkpoint(path: Path, epoch: int, model: PreRanker, opt: torch.optim.Optimizer, history: dict) -> None:
+def stopped(history: dict, patience: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best validation score."""
+    if "best_epoch" not in history or not history["epochs"]:
+        return False
+    return history["epochs"][-1]["epoch"] - history["best_epoch"] >= patience
+
+
+def validation_score(model: PreRanker, valid: EncodedData) -> float:
+    """Mean over the sources present of the AUC of positives vs that source's negatives."""
+    from models.metrics import predict, slice_aucs
+
+    present = tuple(s for i, s in enumerate(SOURCES) if bool((valid.source == i).any()))
+    aucs = slice_aucs(predict(model, valid), valid, present)
+    values = [aucs[f"auc.{s}"] for s in present if not np.isnan(aucs[f"auc.{s}"])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def warm_start(model: PreRanker, init: PreRanker) -> list[str]:
+    """Copy every parameter of ``init`` whose name and shape ``model`` shares (embeddings, towers);
+    the rest (attention, the deeper MLP, the head) keep their fresh initialisation."""
+    own, src = model.state_dict(), init.state_dict()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("mlp.", "head."))]
+    model.load_state_dict({**own, **{k: src[k].detach().clone() for k in copied}})
+    return copied
+
+
+def harmonized_loss(
+    parts: dict[str, torch.Tensor], shared: list[torch.nn.Parameter], cfg: LossConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GHCL's gradient harmonization: each source's InfoNCE term is rescaled (scale held constant)
+    so that its gradient on the shared layers has the mean norm of the sources' gradients; a hard
+    source with large gradients no longer drowns the easy ones. Costs one extra backward per source."""
+    total = cfg.bce_weight * parts["bce"]
+    norms: dict[str, torch.Tensor] = {}
+    for s in SOURCES:
+        term = parts.get(f"nce_{s}")
+        if term is None or cfg.source_weights.get(s, 0.0) == 0.0 or not term.requires_grad:
+            continue
+        grads = torch.autograd.grad(term, shared, retain_graph=True, allow_unused=True)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads if g is not None))
+        if float(norm) > 0:
+            norms[s] = norm.detach()
+    if not norms:
+        return total + parts.get("contrastive", 0.0), {}
+    mean = torch.stack(list(norms.values())).mean()
+    scales = {s: mean / n for s, n in norms.items()}
+    for s, scale in scales.items():
+        total = total + cfg.source_weights[s] * scale * parts[f"nce_{s}"]
+    return total, {s: float(v) for s, v in scales.items()}
+
+
+def save_checkpoint(
+    path: Path, epoch: int, model: PreRanker, opt: torch.optim.Optimizer, history: dict, best: dict | None = None
+) -> None:
     """Atomically (temp file + rename): a worker killed mid-write leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    if best is not None:
+        state["best"] = best
     torch.save({**state, "history": json.dumps(history)}, tmp)
     os.replace(tmp, path)
 
@@ -135,9 +217,23 @@ def train_light(data: BatchSource, cfg, spec: FeatureSpec, **kw) -> tuple[PreRan
     return train_model(data, cfg.light, cfg.light_loss, cfg.train, spec, **kw)
 
 
-def train_expressive(data: BatchSource, cfg, spec: FeatureSpec, **kw) -> tuple[PreRanker, dict]:
-    """Expressive model on the hard sources only: it never sees `prerank` or `global` rows."""
-    return train_model(data.filter_sources(HARD_SOURCES), cfg.expressive, cfg.expressive_loss, cfg.train, spec, **kw)
+def train_expressive(
+    data: BatchSource, cfg, spec: FeatureSpec, light: PreRanker | None = None, valid: EncodedData | None = None, **kw
+) -> tuple[PreRanker, dict]:
+    """Expressive model on ``cfg.expressive_recipe.sources`` (by default the hard ones only: it never
+    sees `prerank` or `global` rows), warm-started from ``light`` when the recipe says so."""
+    recipe = cfg.expressive_recipe
+    if recipe.init not in ("light", "cold"):
+        raise ValueError(f"expressive_recipe.init must be 'light' or 'cold', got {recipe.init!r}")
+    if recipe.init == "light" and light is None:
+        raise ValueError("expressive_recipe.init='light' needs the same day's light model")
+    sources = tuple(recipe.sources)
+    init = light if recipe.init == "light" else None
+    if valid is not None:
+        valid = valid.filter_sources(sources)
+    return train_model(
+        data.filter_sources(sources), cfg.expressive, cfg.expressive_loss, cfg.train, spec, valid=valid, init=init, **kw
+    )
 
 
 def source_gradient_conflict(model: PreRanker, logits: torch.Tensor, b: Batch, loss_cfg: LossConfig) -> dict:

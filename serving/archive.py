@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,24 @@ def runtime_fingerprint() -> str:
     return h.hexdigest()
 
 
+def served_routing(version_dir: str | Path, routing: RoutingConfig) -> RoutingConfig:
+    """The routing a version serves: the configured limits with the K its evaluation chose (K = 0:
+    light only). A version evaluated before K was chosen per run keeps the configured K."""
+    evaluation = Path(version_dir) / "evaluation.json"
+    chosen = json.loads(evaluation.read_text()).get("routing", {}).get("k") if evaluation.exists() else None
+    return routing if chosen is None else replace(routing, k=int(chosen))
+
+
 def stage_bundle(version_dir: str | Path, version: str, routing: RoutingConfig, dest: str | Path) -> Path:
-    """Lay out what the archive carries: both models, routing, version, feature spec and runtime code.
+    """Lay out what the archive carries: both models, routing (with the run's chosen K), version,
+    feature spec and runtime code.
 
     ``TwoStageScorer`` loads the same layout, offline and in TorchServe.
     """
     import torch
 
     version_dir, bundle = Path(version_dir), Path(dest)
+    routing = served_routing(version_dir, routing)
     for part in ("light", "expressive"):
         shutil.copytree(version_dir / part, bundle / part, ignore=shutil.ignore_patterns("history.json"))
     (bundle / ROUTING_FILE).write_text(json.dumps(asdict(routing)))

@@ -19,6 +19,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["HAP_RETRY_DELAY_S"] = "1"  # a failing task must not wait out a 5-minute retry delay
 os.environ["HAP_SENSOR_POKE_S"] = "2"  # the partition sensor re-checks every 2 s in tests
+os.environ["HAP_CONFIG"] = str(Path(__file__).with_name("hap_test.yaml"))  # daily runs: 2 epochs at most
 
 
 def _free_port_block(n: int) -> int:

@@ -50,7 +50,12 @@ def test_daily_run_validates_trains_gates_and_serves(ws, server):
     answer = resp.json()
     assert answer["model_version"] == version and answer["n_candidates"] == 500
     assert [it["rank"] for it in answer["items"]] == list(range(1, 51))
-    assert {it["stage"] for it in answer["items"]} == {"expressive"}  # M=50 <= K=200
+    k = evaluation["routing"]["k"]  # chosen per run on held-out requests at serving ratios
+    assert answer["k"] == k == evaluation["candidate"]["system.k"]  # the archive serves the chosen K
+    assert {it["stage"] for it in answer["items"]} == ({"expressive"} if k >= 50 else {"light"} if k == 0 else
+                                                       {"expressive", "light"})  # fmt: skip
+    report = (ws.run_dir(FIRST) / "decision.md").read_text()
+    assert f"## Routing: K = {k}" in report and "lift vs light alone" in report
     assert server.default_version() == version
 
 

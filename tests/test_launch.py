@@ -133,7 +133,9 @@ def test_the_kfp_component_path_runs_a_pytorchjob_and_collects_its_model(tmp_pat
     prepare(str(ws.root), day, cfg, str(tmp_path / "artifact-prepared"))
     operator = _LocalOperator()
     for _ in range(2):  # a retried component replaces its own job
-        history = run_pytorchjob(str(tmp_path / "artifact-prepared"), "light", cfg, str(tmp_path / "model"), operator)
+        history = run_pytorchjob(
+            str(tmp_path / "artifact-prepared"), "light", cfg, str(tmp_path / "model"), api=operator
+        )
     assert history["world_size"] == 2 and len(operator.jobs) == 1
     (name,) = operator.jobs
     assert (tmp_path / "vol" / "jobs" / name / "prepared" / "manifest.json").exists()  # staged on the volume

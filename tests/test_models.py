@@ -73,9 +73,68 @@ def test_expressive_model_never_sees_easy_sources(data, monkeypatch):
         return b
 
     monkeypatch.setattr(EncodedData, "batch", spy)
-    train_expressive(data, FAST, DEFAULT_SPEC)
+    light, _ = train_model(data, FAST.light, FAST.light_loss, FAST.train, DEFAULT_SPEC)
+    seen.clear()
+    train_expressive(data, FAST, DEFAULT_SPEC, light=light)
     sources = set(torch.cat(seen).tolist())
     assert sources == {SOURCES.index("expose"), SOURCES.index("rank")}
+
+
+def test_warm_start_copies_the_light_models_embeddings_and_towers(data):
+    light, _ = train_model(data, FAST.light, FAST.light_loss, FAST.train, DEFAULT_SPEC)
+    one_step = dataclasses.replace(FAST.train, epochs=0)  # no training step: only the copy
+    expr, history = train_model(data, FAST.expressive, FAST.expressive_loss, one_step, DEFAULT_SPEC, init=light)
+    copied = set(history["warm_start"])
+    assert any(k.startswith("embeddings.") for k in copied) and any(k.startswith("user_tower.") for k in copied)
+    assert any(k.startswith("item_tower.") for k in copied)
+    assert not any(k.startswith(("attention.", "mlp.", "head.")) for k in copied)
+    src, dst = light.state_dict(), expr.state_dict()
+    for k in copied:
+        assert torch.equal(src[k], dst[k]), k
+    cold, _ = train_model(data, FAST.expressive, FAST.expressive_loss, one_step, DEFAULT_SPEC)
+    assert not torch.equal(
+        cold.state_dict()["embeddings.tables.item_id.weight"], src["embeddings.tables.item_id.weight"]
+    )
+    with pytest.raises(ValueError, match="light model"):
+        train_expressive(data, FAST, DEFAULT_SPEC)  # the default recipe warm-starts: no light, no training
+
+
+def test_early_stopping_keeps_the_best_epoch(data):
+    """A learning rate that wrecks the model after its first epochs: the best validation epoch is the
+    one kept, and training stops ``patience`` epochs after it."""
+    train_part = data.select_requests(np.arange(0, data.n_requests, 2))
+    valid = data.select_requests(np.arange(1, data.n_requests, 2))
+    cfg = dataclasses.replace(FAST.train, epochs=6, patience=2, lr=0.3)
+    model, history = train_model(train_part, FAST.light, FAST.light_loss, cfg, DEFAULT_SPEC, valid=valid)
+    scores = [e["valid_auc"] for e in history["epochs"]]
+    best = int(np.argmax(scores))
+    assert history["best_epoch"] == best and history["best_valid_auc"] == max(scores)
+    assert len(scores) == min(6, best + 3)  # stopped `patience` epochs after the best (or at the cap)
+    from models.train import validation_score
+
+    assert validation_score(model, valid) == pytest.approx(max(scores))  # the best epoch's weights
+
+
+def test_harmonized_ghcl_equalizes_source_gradient_norms(data):
+    from hap.config import LossConfig
+    from models.losses import hap_loss
+    from models.train import harmonized_loss
+
+    model = PreRanker(FAST.light, DEFAULT_SPEC)
+    b = data.batch(np.arange(64))
+    cfg = LossConfig(harmonize="norm")
+    logits = model(b.user_x, b.seq, b.item_x, b.req)
+    _, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, cfg)
+    shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    _, scales = harmonized_loss(parts, shared, cfg)
+    assert set(scales) == set(SOURCES)
+    norms = {}
+    for s in SOURCES:  # each rescaled term's gradient norm on the shared layers
+        g = torch.autograd.grad(scales[s] * parts[f"nce_{s}"], shared, retain_graph=True, allow_unused=True)
+        norms[s] = float(torch.sqrt(sum((x * x).sum() for x in g if x is not None)))
+    assert max(norms.values()) == pytest.approx(min(norms.values()), rel=1e-4)
+    hist = train_model(data, FAST.light, cfg, FAST.train, DEFAULT_SPEC)[1]
+    assert "harmony_expose" in hist["epochs"][0]
 
 
 def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
@@ -102,11 +161,35 @@ def test_paired_bootstrap_is_zero_for_a_model_against_itself_and_brackets_a_real
     from models.train import train_expressive, train_light
 
     cfg, other = FAST, dataclasses.replace(FAST, train=dataclasses.replace(FAST.train, seed=1))
-    a = (train_light(data, cfg, DEFAULT_SPEC)[0], train_expressive(data, cfg, DEFAULT_SPEC)[0])
-    b = (train_light(data, other, DEFAULT_SPEC)[0], train_expressive(data, other, DEFAULT_SPEC)[0])
+    la, lb = train_light(data, cfg, DEFAULT_SPEC)[0], train_light(data, other, DEFAULT_SPEC)[0]
+    a = (la, train_expressive(data, cfg, DEFAULT_SPEC, light=la)[0])
+    b = (lb, train_expressive(data, other, DEFAULT_SPEC, light=lb)[0])
     same = paired_bootstrap(a, a, data, 12, 6, n_boot=20)
     assert all(lo == hi == 0.0 for lo, hi in same.values())
     ci = paired_bootstrap(a, b, data, 12, 6, n_boot=50)
     delta = evaluate_pair(*a, data, 12, 6)["light.auc.rank"] - evaluate_pair(*b, data, 12, 6)["light.auc.rank"]
     lo, hi = ci["light.auc.rank"]
     assert lo < hi and lo - 0.01 <= delta <= hi + 0.01
+
+
+def test_target_attention_skips_padding_yet_equals_the_dense_masked_form():
+    """The unit scores only real (candidate, history item) pairs; the result must equal scoring the
+    whole padded (C, L) grid and masking, including for a request with an empty history."""
+    from hap_runtime.nets import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(8, (16,))
+    seq_emb, target = torch.randn(3, 6, 8), torch.randn(7, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    req = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    keys = seq_emb[req]  # (C, L, D): the dense reference
+    q = target.unsqueeze(1).expand_as(keys)
+    logits = att.score(att.unit(torch.cat([q, keys, q * keys, q - keys], dim=-1))).squeeze(-1)
+    logits = logits.masked_fill(~mask[req], float("-inf"))
+    pooled = torch.einsum("cl,cld->cd", torch.softmax(logits, -1).nan_to_num(0.0), keys)
+    best = logits.amax(-1, keepdim=True)
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    expected = torch.cat([pooled, target * pooled, best], dim=-1)
+    out = att(target, seq_emb, mask, req)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(out[5:], torch.cat([torch.zeros(2, 16), torch.zeros(2, 1)], dim=-1))  # empty history

@@ -31,8 +31,9 @@ ITEM_FIELDS = [f.name for f in DEFAULT_SPEC.side("item")]
 def model_dir(small_day, tmp_path_factory):
     data = encode_tables(small_day.requests, small_day.candidates, DEFAULT_SPEC, "click")
     d = tmp_path_factory.mktemp("model")
-    save_model(train_light(data, CFG, DEFAULT_SPEC)[0], d / "light")
-    save_model(train_expressive(data, CFG, DEFAULT_SPEC)[0], d / "expressive")
+    light = train_light(data, CFG, DEFAULT_SPEC)[0]
+    save_model(light, d / "light")
+    save_model(train_expressive(data, CFG, DEFAULT_SPEC, light=light)[0], d / "expressive")
     (d / "routing.json").write_text(json.dumps(asdict(ROUTING)))
     (d / "version.json").write_text(json.dumps({"version": "test.1"}))
     return d

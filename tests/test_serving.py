@@ -42,8 +42,9 @@ def _make_versions(ws: Workspace, small_day, n: int) -> list[str]:
     data = encode_tables(small_day.requests, small_day.candidates, DEFAULT_SPEC, "click")
     tcfg = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))
     run = ws.root / "runs" / f"ds={DS}"
-    save_model(train_light(data, tcfg, DEFAULT_SPEC)[0], run / "light")
-    save_model(train_expressive(data, tcfg, DEFAULT_SPEC)[0], run / "expressive")
+    light = train_light(data, tcfg, DEFAULT_SPEC)[0]
+    save_model(light, run / "light")
+    save_model(train_expressive(data, tcfg, DEFAULT_SPEC, light=light)[0], run / "expressive")
     evaluation = {"holdout": {"days": [DS], "ds": DS}, "candidate": {"light.auc.overall": 0.8}}
     (run / "evaluation.json").write_text(json.dumps(evaluation))
     first = Registry(ws).register("2026-10-01", run)

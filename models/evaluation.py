@@ -1,0 +1,255 @@
+"""Evaluation of the two-stage system as it serves, and the choice of K.
+
+Two held-out views of the run's day:
+
+- **logged** (every dataset): the ~35 logged candidates of each held-out request, with their
+  feedback. Slice AUCs live here, with the light model measured on the expressive model's own
+  scope (positives + ``expose`` + ``rank``) beside the expressive model, so the two compare like
+  for like. The system metric on this view (recall@M of clicks over logged candidates) is the only
+  one a real log allows; its caveat: K and M act on ~35 logged items, not on the ~10^3 a pre-ranker
+  sees, and items that were never logged cannot be judged.
+- **serving** (simulation only, table ``eval_candidates``): every retrieved candidate (N ≈ 400) of
+  each held-out request with its true click probability. The system metric is the share of the
+  best possible expected clicks captured in the final top M: light scores all N, the expressive
+  model re-scores the light top K. It is swept over a K grid at serving ratios (M < K < N).
+
+Every compared figure carries a paired-bootstrap 95% interval over held-out requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hap import HARD_SOURCES
+from models.data import EncodedData
+from models.metrics import slice_aucs
+
+HARD = HARD_SOURCES
+
+
+def serving_set(table, held: EncodedData) -> EncodedData:
+    """The serving view of held-out requests: their user side from ``held``, every retrieved
+    candidate of the ``eval_candidates`` table (Arrow) encoded, ``label`` = p(click). Candidates
+    are in retrieval order; requests missing from ``held`` are dropped."""
+    from hap_runtime.encode import encode_side
+    from hap_runtime.spec import DEFAULT_SPEC
+    from models.data import _columns
+
+    where = {r: i for i, r in enumerate(held.request_ids)}
+    ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
+    keep = np.fromiter((r in where for r in ids), bool, len(ids))
+    table = table.filter(keep).sort_by([("request_id", "ascending"), ("retrieval_pos", "ascending")])
+    ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
+    uniq, req = np.unique(ids, return_inverse=True)
+    rows = np.array([where[r] for r in uniq], dtype=np.int64)
+    return EncodedData(
+        request_ids=uniq,
+        user_x=held.user_x[rows],
+        seq=held.seq[rows],
+        item_x=encode_side(_columns(table, DEFAULT_SPEC, "item"), DEFAULT_SPEC, "item").numpy(),
+        req=req.astype(np.int64),
+        source=np.full(len(ids), -1, dtype=np.int64),
+        label=table["p_click"].to_numpy().astype(np.float32),
+    )
+
+
+def padded(values: np.ndarray, offsets: np.ndarray, fill: float) -> np.ndarray:
+    """Candidates in CSR order (C,) → (R, N_max), ``fill`` where a request has fewer."""
+    counts = np.diff(offsets)
+    out = np.full((len(counts), int(counts.max(initial=0))), fill, dtype=np.float64)
+    cols = np.arange(len(values)) - np.repeat(offsets[:-1], counts)
+    out[np.repeat(np.arange(len(counts)), counts), cols] = values
+    return out
+
+
+def captured_share(light: np.ndarray, expr: np.ndarray, gain: np.ndarray, k: int, m: int) -> np.ndarray:
+    """Per request (R,): the gain (p(click) or click) in the system's final top M over the best
+    possible top M. Inputs are (R, N) with ``-inf`` scores and 0 gain on padding.
+
+    The system: light scores all N; its top K are re-ordered by the expressive score and placed
+    first; the rest follow in light order. K ≤ M cannot change the set, only its order.
+    """
+    r, n = light.shape
+    m = min(m, n)
+    order = np.argsort(-light, axis=1, kind="stable")  # light ranking
+    if k > m:
+        in_top_k = np.zeros_like(light, dtype=bool)
+        np.put_along_axis(in_top_k, order[:, :k], True, axis=1)
+        routed = np.where(in_top_k, expr, -np.inf)
+        final = np.argsort(-routed, axis=1, kind="stable")[:, :m]  # the top M of the routed K
+    else:
+        final = order[:, :m]
+    got = np.take_along_axis(gain, final, axis=1).sum(axis=1)
+    best = -np.sort(-gain, axis=1)[:, :m].sum(axis=1)
+    return np.where(best > 0, got / np.where(best > 0, best, 1.0), np.nan)
+
+
+def bootstrap_mean_ci(diff: np.ndarray, n_boot: int, seed: int = 0) -> list[float]:
+    """95% interval of the mean of per-request paired differences (requests resampled)."""
+    diff = diff[~np.isnan(diff)]
+    if len(diff) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def k_curve(
+    light: np.ndarray, expr: np.ndarray, gain: np.ndarray, grid: tuple[int, ...], m: int, flops, n_boot: int
+) -> list[dict]:
+    """The system metric for each K of ``grid`` with its lift over light alone (K = 0) and that
+    lift's paired 95% interval; ``flops(k)`` gives FLOPs per request at this N."""
+    base = captured_share(light, expr, gain, 0, m)
+    rows = []
+    for i, k in enumerate(sorted(set(grid) | {0})):
+        per_request = captured_share(light, expr, gain, k, m)
+        diff = per_request - base
+        rows.append(
+            {
+                "k": int(k),
+                "value": float(np.nanmean(per_request)),
+                "lift": float(np.nanmean(diff)),
+                "lift_ci95": [0.0, 0.0] if k == 0 else bootstrap_mean_ci(diff, n_boot, seed=i),
+                "flops_per_request": float(flops(k)),
+            }
+        )
+    return rows
+
+
+def choose_k(curve: list[dict], tolerance: float, max_flops_share: float, uniform_flops: float) -> dict:
+    """K for serving: among the K whose lift over light alone is above zero beyond its 95% interval
+    and whose FLOPs stay within ``max_flops_share`` of the uniform expressive model's, the smallest
+    whose metric is within ``tolerance`` (relative) of the best of them. None qualifies → K = 0."""
+    budget = max_flops_share * uniform_flops if max_flops_share > 0 else float("inf")
+    helpful = [c for c in curve if c["k"] > 0 and c["lift_ci95"][0] > 0]
+    affordable = [c for c in helpful if c["flops_per_request"] <= budget]
+    if not helpful:
+        return {"k": 0, "reason": "no K > 0 beats the light model alone beyond its 95% interval: light only"}
+    if not affordable:
+        return {"k": 0, "reason": f"every helpful K costs more than {max_flops_share:.0%} of the uniform expressive "
+                                  "model's FLOPs: light only"}  # fmt: skip
+    best = max(c["value"] for c in affordable)
+    chosen = min((c for c in affordable if c["value"] >= best * (1 - tolerance)), key=lambda c: c["k"])
+    return {
+        "k": chosen["k"],
+        "reason": f"smallest K within {tolerance:.0%} of the best system metric ({best:.4f}) among the K that beat "
+        f"light alone beyond their interval and fit {max_flops_share:.0%} of uniform expressive FLOPs",
+    }
+
+
+@dataclass
+class _Slices:
+    label: np.ndarray
+    source: np.ndarray
+
+
+def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, n_boot: int) -> tuple[dict, dict]:
+    """Light and expressive on the expressive model's scope (positives + hard negatives), their
+    paired differences, and the differences' 95% intervals (requests resampled)."""
+    light = slice_aucs(s_light, data, HARD)
+    expr = slice_aucs(s_expr, data, HARD)
+    metrics: dict[str, float] = {}
+    keys = [k for k in expr if k.startswith("auc.")]
+    for k in expr:
+        metrics[f"light.hard.{k}"] = light[k]
+        metrics[f"expressive.{k}"] = expr[k]
+    for k in keys:
+        metrics[f"expressive_vs_light.{k}"] = expr[k] - light[k]
+        metrics[f"expressive_vs_light.{k.replace('auc.', 'n.')}"] = expr[k.replace("auc.", "n.")]
+    rng = np.random.default_rng(1)
+    off = data.offsets
+    deltas: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_boot):
+        reqs = np.sort(rng.integers(0, data.n_requests, data.n_requests))
+        counts = off[reqs + 1] - off[reqs]
+        rows = np.repeat(off[reqs] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        sub = _Slices(data.label[rows], data.source[rows])  # slice AUCs need only labels and sources
+        a, b = slice_aucs(s_expr[rows], sub, HARD), slice_aucs(s_light[rows], sub, HARD)
+        for k in keys:
+            deltas[k].append(a[k] - b[k])
+    intervals = {
+        f"expressive_vs_light.{k}": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]
+        for k, v in deltas.items()
+    }
+    return metrics, intervals
+
+
+def _score_top(light_model, expr_model, data: EncodedData, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Light scores for every candidate; expressive scores only for each request's light top
+    ``top`` (the only ones any K of the grid routes), ``-inf`` elsewhere."""
+    from models.metrics import predict
+
+    s_light = predict(light_model, data)
+    s_expr = np.full(len(s_light), -np.inf)
+    off = data.offsets
+    keep = np.zeros(len(s_light), dtype=bool)
+    for r in range(data.n_requests):
+        lo, hi = off[r], off[r + 1]
+        keep[lo + np.argsort(-s_light[lo:hi], kind="stable")[:top]] = True
+    rows = np.flatnonzero(keep)
+    if len(rows):
+        sub = EncodedData(data.request_ids, data.user_x, data.seq, data.item_x[rows], data.req[rows],
+                          data.source[rows], data.label[rows])  # fmt: skip
+        s_expr[rows] = predict(expr_model, sub)
+    return s_light, s_expr
+
+
+def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData | None, cfg, k: int | None = None):
+    """Every figure the gate reads for one pair of models, their intervals, and the routing choice.
+
+    ``k=None`` chooses K on the K grid (``cfg.eval.select_k``) — else ``k`` (production's own K, or
+    ``routing.k`` when selection is off) is judged as is. Returns (metrics, intervals, routing,
+    per-request system metric at the K served).
+    """
+    from models.metrics import flops_per_request, pair_metrics, predict
+
+    ev = cfg.eval
+    s_l, s_e = predict(light_model, holdout), predict(expr_model, holdout)
+    metrics = {key.replace("system.", "logged."): v for key, v in pair_metrics(s_l, s_e, holdout, ev.k, ev.m).items()}
+    scope, intervals = same_scope_aucs(s_l, s_e, holdout, ev.bootstrap)
+    metrics.update(scope)
+
+    if k is None and not ev.select_k:
+        k = cfg.routing.k
+    if serving is not None and serving.n_requests:
+        view, data, m, grid = "serving", serving, cfg.routing.m, ev.k_grid
+    else:
+        view, data, m, grid = "logged", holdout, ev.m, ev.k_grid_logged
+    off = data.offsets
+    n = int(np.median(np.diff(off))) if data.n_requests else 0
+    grid = tuple(sorted({g for g in grid if g < n} | ({min(k, n)} if k is not None else set())))
+    top = max(grid, default=0)
+    if view == "serving":
+        light_s, expr_s = _score_top(light_model, expr_model, data, top)
+    else:
+        light_s, expr_s = s_l, s_e
+    curve = k_curve(
+        padded(light_s, off, -np.inf),
+        padded(expr_s, off, -np.inf),
+        padded(data.label.astype(np.float64), off, 0.0),
+        grid,
+        m,
+        lambda kk: flops_per_request(light_model, expr_model, n, kk)["total"],
+        ev.bootstrap,
+    )
+    uniform = flops_per_request(expr_model, None, n, 0)["total"]
+    if k is None:
+        choice = choose_k(curve, ev.k_tolerance, ev.max_flops_share, uniform)
+    else:
+        choice = {"k": min(k, n), "reason": "K as configured (selection off)" if not ev.select_k else "K as served"}
+    row = next(c for c in curve if c["k"] == choice["k"])
+    metrics.update({
+        "system.view": view, "system.k": choice["k"], "system.m": m, "system.n": n,
+        "system.value": row["value"], "system.light_value": curve[0]["value"], "system.lift": row["lift"],
+        "system.n.requests": data.n_requests,
+        "system.flops_per_request": row["flops_per_request"], "system.flops_share": row["flops_per_request"] / uniform,
+    })  # fmt: skip
+    intervals["system.lift"] = row["lift_ci95"]
+    routing = {**choice, "view": view, "n": n, "m": m, "uniform_expressive_flops": uniform, "curve": curve}
+    per_request = captured_share(
+        padded(light_s, off, -np.inf), padded(expr_s, off, -np.inf), padded(data.label.astype(np.float64), off, 0.0),
+        choice["k"], m,
+    )  # fmt: skip
+    return metrics, intervals, routing, per_request

@@ -1,0 +1,127 @@
+"""Evaluation at serving ratios, the choice of K, and the gate on a tiny real run."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from hap.config import HapConfig, SimConfig
+from models.evaluation import bootstrap_mean_ci, captured_share, choose_k, padded
+
+
+def test_captured_share_routes_the_light_top_k_through_the_expressive_model():
+    p = np.array([[0.0, 0.1, 0.9, 0.2, 0.0]])  # the best item is third by the light model
+    light = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    expr = np.array([[0.0, 0.0, 9.0, 0.0, 0.0]])
+    assert captured_share(light, expr, p, 0, 1)[0] == 0.0  # light alone: item 0
+    assert captured_share(light, expr, p, 1, 1)[0] == 0.0  # K ≤ M changes nothing
+    assert captured_share(light, expr, p, 3, 1)[0] == pytest.approx(1.0)  # routed and promoted
+    assert captured_share(light, expr, p, 3, 2)[0] == pytest.approx((0.9 + 0.0) / (0.9 + 0.2))
+
+
+def test_padding_never_enters_the_top_m():
+    offsets = np.array([0, 2, 5])
+    light = padded(np.array([1.0, 2.0, 3.0, 1.0, 2.0]), offsets, -np.inf)
+    gain = padded(np.array([0.5, 0.1, 0.2, 0.3, 0.4]), offsets, 0.0)
+    assert light.shape == (2, 3) and np.isneginf(light[0, 2])
+    share = captured_share(light, light, gain, 0, 2)
+    assert share[0] == pytest.approx(1.0) and share[1] == pytest.approx((0.2 + 0.4) / (0.4 + 0.3))
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_zero_width_for_zero():
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0.02, 0.05, 2000)
+    lo, hi = bootstrap_mean_ci(diff, 200)
+    assert lo < diff.mean() < hi and lo > 0
+    assert bootstrap_mean_ci(np.zeros(50), 50) == [0.0, 0.0]
+
+
+def _row(k, value, lo, flops=1.0):
+    return {"k": k, "value": value, "lift": value - 0.5, "lift_ci95": [lo, lo + 0.02], "flops_per_request": flops}
+
+
+def test_k_selection_picks_the_smallest_k_within_one_percent_of_the_best():
+    curve = [_row(0, 0.50, 0.0), _row(50, 0.55, 0.01), _row(100, 0.598, 0.02), _row(200, 0.600, 0.03),
+             _row(300, 0.601, 0.03)]  # fmt: skip
+    assert choose_k(curve, 0.01, 0.0, 1.0)["k"] == 100  # 0.598 ≥ 0.99 × 0.601; 0.55 is not
+    assert choose_k(curve, 0.0, 0.0, 1.0)["k"] == 300
+    # a FLOPs budget: the best affordable K
+    priced = [dict(r, flops_per_request=r["k"] + 10.0) for r in curve]
+    assert choose_k(priced, 0.0, 0.5, 400.0)["k"] == 100  # budget 200 FLOPs: K ≤ 190
+
+
+def test_k_is_zero_when_no_k_beats_light_alone_beyond_its_interval():
+    curve = [_row(0, 0.50, 0.0), _row(50, 0.51, -0.01), _row(100, 0.52, -0.001)]
+    choice = choose_k(curve, 0.01, 0.0, 1.0)
+    assert choice["k"] == 0 and "light only" in choice["reason"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real one-day run of the pipeline's steps on a small world with sequence structure: the
+    prepared held-out and serving sets, a light model trained one epoch, and an expressive model
+    that never trained (its scores are noise): routing through it can only hurt."""
+    from hap.workspace import Workspace, write_json_atomic
+    from hap_runtime.nets import PreRanker
+    from hap_runtime.spec import DEFAULT_SPEC
+    from models.steps import HOLDOUT_DIR, SERVING_DIR, TRAIN_DIR, prepare
+    from models.stream import read_shards, shard_files
+    from models.train import train_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    sim = SimConfig(n_users=800, n_items=4000, session_beta=4.0)
+    cfg = HapConfig(window_days=1, sim=sim)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, batch_requests=64))
+    ws = Workspace.from_env(str(root))
+    from hap.simulator import CascadeSimulator
+
+    CascadeSimulator(sim).write_days(ws.data, "2026-11-22", 1, 1500)
+    write_json_atomic(ws.validation_dir("2026-11-22") / "verdict.json", {"success": True})  # stands in for GX
+    manifest = prepare(str(root), "2026-11-22", cfg, str(root / "prep"))
+    light, _ = train_model(
+        read_shards(shard_files(root / "prep" / TRAIN_DIR)), cfg.light, cfg.light_loss, cfg.train, DEFAULT_SPEC
+    )
+    noise = PreRanker(cfg.expressive, DEFAULT_SPEC).eval()
+    holdout = read_shards(shard_files(root / "prep" / HOLDOUT_DIR))
+    serving = read_shards(shard_files(root / "prep" / SERVING_DIR))
+    return cfg, manifest, light, noise, holdout, serving
+
+
+def test_prepare_writes_the_serving_set_of_held_out_requests(tiny_run):
+    cfg, manifest, _, _, holdout, serving = tiny_run
+    assert manifest["serving_requests"] == serving.n_requests == holdout.n_requests > 200
+    assert set(serving.request_ids) == set(holdout.request_ids)
+    assert (np.diff(serving.offsets) == cfg.sim.retrieval_size).all()  # every retrieved candidate
+    assert 0.0 <= serving.label.min() and serving.label.max() <= 1.0  # p(click), not a click
+
+
+def test_gate_refuses_a_two_stage_system_worse_than_light_alone(tiny_run):
+    from hap.gate import decide, load_policy
+    from models.evaluation import assess
+
+    cfg, _, light, noise, holdout, serving = tiny_run
+    forced = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, select_k=False))
+    metrics, intervals, routing, _ = assess(light, noise, holdout, serving, forced)
+    assert routing["view"] == "serving" and metrics["system.k"] == cfg.routing.k
+    assert metrics["system.lift"] < 0 and intervals["system.lift"][1] < 0  # measured, not invented
+    decision = decide(metrics, None, load_policy(), own_intervals=intervals)
+    assert not decision["passed"] and "system.lift" in decision["reason"]
+
+    # with K chosen per run the same models ship light only, and that passes the routing rules
+    metrics, intervals, routing, _ = assess(light, noise, holdout, serving, cfg)
+    assert routing["k"] == 0 and metrics["system.lift"] == 0.0
+    decision = decide(metrics, None, load_policy(), own_intervals=intervals)
+    failed = {c["metric"] for c in decision["checks"] if c["status"] == "fail"}
+    assert not {"system.lift", "expressive_vs_light.auc.expose", "expressive_vs_light.auc.rank"} & failed
+
+
+def test_served_k_is_the_one_the_evaluation_chose(tmp_path):
+    from hap_runtime.config import RoutingConfig
+    from serving.archive import served_routing
+
+    (tmp_path / "evaluation.json").write_text(json.dumps({"routing": {"k": 0, "reason": "light only"}}))
+    assert served_routing(tmp_path, RoutingConfig()).k == 0
+    (tmp_path / "evaluation.json").write_text(json.dumps({"routing": {"k": 150}}))
+    routed = served_routing(tmp_path, RoutingConfig(k=200, m=50))
+    assert routed.k == 150 and routed.m == 50
