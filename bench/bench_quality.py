@@ -32,7 +32,7 @@ from hap.contract import split_mask
 from hap.simulator import CascadeSimulator
 from hap_runtime.spec import DEFAULT_SPEC
 from models.data import EncodedData, encode_tables
-from models.evaluation import bootstrap_mean_ci, captured_share, choose_k, padded, same_scope_aucs, serving_set
+from models.evaluation import captured_share, choose_k, k_curve, padded, same_scope_aucs, serving_set
 from models.metrics import flops_per_request, gauc, predict, slice_aucs
 from models.train import train_expressive, train_model
 
@@ -58,8 +58,9 @@ def world(beta: float, n_requests: int, eval_requests: int):
     return train, valid, held, serving_set(ev_day.evaluation, held)
 
 
-def single_stage(model, held: EncodedData, serving: EncodedData, m: int) -> tuple[dict, np.ndarray]:
-    """A model scoring every candidate alone: slices, GAUC, the system metric (per request)."""
+def single_stage(model, held: EncodedData, serving: EncodedData, m: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A model scoring every candidate alone: slices, GAUC, the system metric (per request), and its
+    padded serving scores (R, N) for routing."""
     s = predict(model, held)
     row = {k.removeprefix("auc."): v for k, v in slice_aucs(s, held).items() if k.startswith("auc.")}
     row["hard_overall"] = slice_aucs(s, held, ("expose", "rank"))["auc.overall"]
@@ -68,7 +69,7 @@ def single_stage(model, held: EncodedData, serving: EncodedData, m: int) -> tupl
     per_request = captured_share(scores, scores, padded(serving.label, serving.offsets, 0.0), 0, m)
     row["system"] = float(np.nanmean(per_request))
     row["flops"] = flops_per_request(model, None, N_FLOPS, 0)["total"]
-    return row, per_request
+    return row, per_request, scores
 
 
 def run_seed(beta: float, seed: int, data, boot: int) -> dict:
@@ -78,12 +79,13 @@ def run_seed(beta: float, seed: int, data, boot: int) -> dict:
     m, n = cfg.routing.m, int(np.median(np.diff(serving.offsets)))
     rows: dict[str, dict] = {}
     per_req: dict[str, np.ndarray] = {}
+    serving_scores: dict[str, np.ndarray] = {}
     models = {}
 
     def fit(name, fn):
         t = time.perf_counter()
         model, hist = fn()
-        rows[name], per_req[name] = single_stage(model, held, serving, m)
+        rows[name], per_req[name], serving_scores[name] = single_stage(model, held, serving, m)
         rows[name]["train_s"] = time.perf_counter() - t
         rows[name]["epochs"] = len(hist["epochs"])
         rows[name]["best_epoch"] = hist.get("best_epoch")
@@ -112,25 +114,17 @@ def run_seed(beta: float, seed: int, data, boot: int) -> dict:
         metrics, ci = same_scope_aucs(s_light, predict(models[name], held), held, boot)
         compare[name] = {k: (metrics[k], ci[k]) for k in ci}
 
-    # HAP over the K grid: light GHCL routes to the warm expressive model
+    # HAP over the K grid: light GHCL routes to the warm expressive model (the pipeline's k_curve)
     expr = models["expressive hard-only warm"]
-    light_s = padded(predict(light, serving), serving.offsets, -np.inf)
-    expr_s = padded(predict(expr, serving), serving.offsets, -np.inf)
+    light_s, expr_s = serving_scores["light GHCL (weights)"], serving_scores["expressive hard-only warm"]
     gain = padded(serving.label, serving.offsets, 0.0)
     uniform_per_req = per_req["uniform expressive (all sources)"]
-    base_req = captured_share(light_s, expr_s, gain, 0, m)
-    curve = []
-    for i, k in enumerate(GRID):
-        v = captured_share(light_s, expr_s, gain, k, m)
-        k_big = round(k * N_FLOPS / n)
-        ratio_boot = _ratio_ci(v, uniform_per_req, boot, seed=i)
-        curve.append({
-            "k": k, "value": float(np.nanmean(v)), "lift": float(np.nanmean(v - base_req)),
-            "lift_ci95": [0.0, 0.0] if k == 0 else bootstrap_mean_ci(v - base_req, boot, seed=i),
-            "vs_uniform": float(np.nanmean(v) / np.nanmean(uniform_per_req)), "vs_uniform_ci95": ratio_boot,
-            "flops_per_request": flops_per_request(light, expr, n, k)["total"],
-            "flops_at_1000": flops_per_request(light, expr, N_FLOPS, k_big)["total"],
-        })  # fmt: skip
+    curve = k_curve(light_s, expr_s, gain, GRID, m, lambda k: flops_per_request(light, expr, n, k)["total"], boot)
+    for i, c in enumerate(curve):
+        v = captured_share(light_s, expr_s, gain, c["k"], m)
+        c["vs_uniform"] = float(np.nanmean(v) / np.nanmean(uniform_per_req))
+        c["vs_uniform_ci95"] = _ratio_ci(v, uniform_per_req, boot, seed=i)
+        c["flops_at_1000"] = flops_per_request(light, expr, N_FLOPS, round(c["k"] * N_FLOPS / n))["total"]
     uniform_n = flops_per_request(models["uniform expressive (all sources)"], None, n, 0)["total"]
     choice = choose_k([c for c in curve if c["k"] in cfg.eval.k_grid or c["k"] == 0], cfg.eval.k_tolerance,
                       cfg.eval.max_flops_share, uniform_n)  # fmt: skip

@@ -121,10 +121,15 @@ class CascadeSimulator:
         which no average over the history expresses. Centred by μ so the pool's mean gain is ~0.
         """
         cfg = self.cfg
-        best = self.item_unit[recent[:, 0]] @ self.item_unit.T  # (B, I)
+        closeness = np.exp(cfg.session_kappa * (self._best_cosine(recent) - 1.0))
+        return (cfg.session_beta * (closeness - self.session_mu)).astype(np.float32)
+
+    def _best_cosine(self, recent: np.ndarray) -> np.ndarray:
+        """(B, I): every item's highest cosine to one of the request's recent items (B, W)."""
+        best = self.item_unit[recent[:, 0]] @ self.item_unit.T
         for w in range(1, recent.shape[1]):
             np.maximum(best, self.item_unit[recent[:, w]] @ self.item_unit.T, out=best)
-        return (cfg.session_beta * (np.exp(cfg.session_kappa * (best - 1.0)) - self.session_mu)).astype(np.float32)
+        return best
 
     def _recent(self, users: np.ndarray, hist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Place a session interest (a uniformly drawn item) first in each request's history (B, L)."""
@@ -137,10 +142,7 @@ class CascadeSimulator:
         cfg = self.cfg
         users = rng.integers(0, cfg.n_users, 512)
         recent = self._recent(users, self.user_hist[users].copy(), rng)
-        best = self.item_unit[recent[:, 0]] @ self.item_unit.T
-        for w in range(1, recent.shape[1]):
-            np.maximum(best, self.item_unit[recent[:, w]] @ self.item_unit.T, out=best)
-        self.session_mu = np.float32(np.exp(cfg.session_kappa * (best - 1.0)).mean())
+        self.session_mu = np.float32(np.exp(cfg.session_kappa * (self._best_cosine(recent) - 1.0)).mean())
 
         def exposed_utility(gain: np.ndarray | None) -> np.ndarray:
             out = self._cascade(users, np.random.default_rng([cfg.seed, 2]), gain)[0]
@@ -179,19 +181,15 @@ class CascadeSimulator:
         seq_len = rng.integers(cfg.seq_min_len, cfg.seq_max_len + 1, n_requests)
         hist_idx = (np.arange(cfg.seq_max_len) + day.toordinal()) % cfg.seq_max_len
         hist = self.user_hist[users][:, hist_idx]  # (R, L) item indices, most recent first
-        gain = None
-        if cfg.session_beta:  # its own random stream: β = 0 draws exactly the factorized world's numbers
+        recent = None  # its own random stream: β = 0 draws exactly the factorized world's numbers
+        if cfg.session_beta:
             recent = self._recent(users, hist, np.random.default_rng([cfg.seed, day.toordinal(), 1]))
-
-            def gain(s: int) -> np.ndarray:
-                return self.session_gain(recent[s : s + cfg.chunk_requests])
-
         starts = range(0, n_requests, cfg.chunk_requests)
         chunks = [
             self._cascade(
                 users[s : s + cfg.chunk_requests],
                 np.random.default_rng([cfg.seed, day.toordinal(), s]),
-                gain(s) if gain else None,
+                None if recent is None else self.session_gain(recent[s : s + cfg.chunk_requests]),
             )
             for s in starts
         ]

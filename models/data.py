@@ -59,13 +59,16 @@ class EncodedData:
         """CSR offsets: candidates of request r are rows offsets[r]:offsets[r+1]."""
         return np.searchsorted(self.req, np.arange(self.n_requests + 1))
 
+    def candidate_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows of requests ``idx`` (in that order, repeats allowed) and their counts."""
+        off = self.offsets
+        counts = off[idx + 1] - off[idx]
+        return np.repeat(off[idx] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum()), counts
+
     def select_requests(self, idx: np.ndarray) -> EncodedData:
         """Subset of requests (in the given order), candidates re-indexed."""
         idx = np.asarray(idx, dtype=np.int64)
-        off = self.offsets
-        counts = off[idx + 1] - off[idx]
-        starts = np.repeat(off[idx] - (np.cumsum(counts) - counts), counts)
-        rows = starts + np.arange(counts.sum())  # candidate rows of the selected requests, in order
+        rows, counts = self.candidate_rows(idx)
         return EncodedData(
             self.request_ids[idx],
             self.user_x[idx],

@@ -33,13 +33,15 @@ def serving_set(table, held: EncodedData) -> EncodedData:
     """The serving view of held-out requests: their user side from ``held``, every retrieved
     candidate of the ``eval_candidates`` table (Arrow) encoded, ``label`` = p(click). Candidates
     are in retrieval order; requests missing from ``held`` are dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from hap_runtime.encode import encode_side
     from hap_runtime.spec import DEFAULT_SPEC
     from models.data import _columns
 
     where = {r: i for i, r in enumerate(held.request_ids)}
-    ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
-    keep = np.fromiter((r in where for r in ids), bool, len(ids))
+    keep = pc.is_in(table["request_id"], value_set=pa.array(held.request_ids.tolist(), pa.string()))
     table = table.filter(keep).sort_by([("request_id", "ascending"), ("retrieval_pos", "ascending")])
     ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
     uniq, req = np.unique(ids, return_inverse=True)
@@ -159,12 +161,9 @@ def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, 
         metrics[f"expressive_vs_light.{k}"] = expr[k] - light[k]
         metrics[f"expressive_vs_light.{k.replace('auc.', 'n.')}"] = expr[k.replace("auc.", "n.")]
     rng = np.random.default_rng(1)
-    off = data.offsets
     deltas: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(n_boot):
-        reqs = np.sort(rng.integers(0, data.n_requests, data.n_requests))
-        counts = off[reqs + 1] - off[reqs]
-        rows = np.repeat(off[reqs] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        rows, _ = data.candidate_rows(np.sort(rng.integers(0, data.n_requests, data.n_requests)))
         sub = _Slices(data.label[rows], data.source[rows])  # slice AUCs need only labels and sources
         a, b = slice_aucs(s_expr[rows], sub, HARD), slice_aucs(s_light[rows], sub, HARD)
         for k in keys:
@@ -225,15 +224,13 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
         light_s, expr_s = _score_top(light_model, expr_model, data, top)
     else:
         light_s, expr_s = s_l, s_e
-    curve = k_curve(
-        padded(light_s, off, -np.inf),
-        padded(expr_s, off, -np.inf),
-        padded(data.label.astype(np.float64), off, 0.0),
-        grid,
-        m,
-        lambda kk: flops_per_request(light_model, expr_model, n, kk)["total"],
-        ev.bootstrap,
-    )
+    light_s, expr_s = padded(light_s, off, -np.inf), padded(expr_s, off, -np.inf)  # (R, N)
+    gain = padded(data.label.astype(np.float64), off, 0.0)  # (R, N)
+
+    def flops(kk: int) -> float:
+        return flops_per_request(light_model, expr_model, n, kk)["total"]
+
+    curve = k_curve(light_s, expr_s, gain, grid, m, flops, ev.bootstrap)
     uniform = flops_per_request(expr_model, None, n, 0)["total"]
     if k is None:
         choice = choose_k(curve, ev.k_tolerance, ev.max_flops_share, uniform)
@@ -248,8 +245,4 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
     })  # fmt: skip
     intervals["system.lift"] = row["lift_ci95"]
     routing = {**choice, "view": view, "n": n, "m": m, "uniform_expressive_flops": uniform, "curve": curve}
-    per_request = captured_share(
-        padded(light_s, off, -np.inf), padded(expr_s, off, -np.inf), padded(data.label.astype(np.float64), off, 0.0),
-        choice["k"], m,
-    )  # fmt: skip
-    return metrics, intervals, routing, per_request
+    return metrics, intervals, routing, captured_share(light_s, expr_s, gain, choice["k"], m)

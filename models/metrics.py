@@ -151,12 +151,10 @@ def paired_bootstrap(
     c_light, c_expr = predict(candidate[0], data), predict(candidate[1], data)
     p_light, p_expr = predict(production[0], data), predict(production[1], data)
     rng = np.random.default_rng(seed)
-    off = data.offsets
     deltas: dict[str, list[float]] = {}
     for _ in range(n_boot):
         reqs = np.sort(rng.integers(0, data.n_requests, data.n_requests))
-        counts = off[reqs + 1] - off[reqs]
-        rows = np.repeat(off[reqs] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        rows, _ = data.candidate_rows(reqs)
         sub = data.select_requests(reqs)  # the same rows, re-indexed
         cand = _bootstrapped(c_light[rows], c_expr[rows], sub, k, m)
         prod = _bootstrapped(p_light[rows], p_expr[rows], sub, k, m)
