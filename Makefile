@@ -4,9 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lint format compile stop clean
+.PHONY: install browser demo test lint format compile stop clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# The tests open the pages people look at (Data Docs) in a real headless browser: Debian's chromium.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	   || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null))
 
 # Exact versions from requirements.lock (torch==2.13.0+cpu is the CPU wheel), then the project itself.
 $(VENV)/.installed: requirements.lock pyproject.toml

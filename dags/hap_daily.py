@@ -77,7 +77,8 @@ PARAMS = {
 @dag(
     dag_id="hap_daily",
     schedule="@daily",
-    start_date=dt.datetime(2026, 1, 1),
+    # any day with data can be run: backfills reach far back (a run before start_date runs no task)
+    start_date=dt.datetime(2015, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=DOC,
@@ -101,11 +102,21 @@ def hap_daily():
 
         return flow.partition_ready(ds)
 
-    @task(retries=0, execution_timeout=dt.timedelta(minutes=30))  # bad data is not transient: never retry
+    # Bad data is not transient: a quarantine fails the task at once, without retries. A validator
+    # failure (GX, disk) is not a quarantine: it fails the task as an error, retried once.
+    @task(retries=1, execution_timeout=dt.timedelta(minutes=30))
     def validate(ready: bool, params: dict | None = None, ds: str | None = None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from expectations.validate import ValidationFailed, ValidatorError
         from hap import flow
 
-        return flow.validate(ds, cfg=flow.load_config(params))
+        try:
+            return flow.validate(ds, cfg=flow.load_config(params))
+        except ValidationFailed as exc:
+            raise AirflowFailException(f"DATA FAILED VALIDATION, partition quarantined (kept): {exc}") from exc
+        except ValidatorError as exc:
+            raise RuntimeError(f"VALIDATOR ERROR, not a quarantine (the data was not judged): {exc}") from exc
 
     @task(execution_timeout=dt.timedelta(hours=3))
     def train(verdict: dict, params: dict | None = None, ds: str | None = None) -> str:

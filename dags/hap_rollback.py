@@ -21,7 +21,7 @@ Runbook: `docs/runbook.md#roll-back`.
 @dag(
     dag_id="hap_rollback",
     schedule=None,
-    start_date=dt.datetime(2026, 1, 1),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=DOC,

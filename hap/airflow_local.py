@@ -40,6 +40,10 @@ def init_airflow() -> None:
     marker.touch()
 
 
+class NoTaskRan(RuntimeError):
+    """A DAG run that executed nothing: an error, never a silent success."""
+
+
 def run_day(ds: str, ws: Workspace | None = None, conf: dict | None = None) -> dict[str, str]:
     """Run one daily DAG run for ``ds`` in-process with ``dag.test()``; return task states.
 
@@ -59,6 +63,11 @@ def run_day(ds: str, ws: Workspace | None = None, conf: dict | None = None) -> d
     dag_run = module.daily_dag.test(logical_date=day, run_conf=conf)
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     states["dag_run"] = str(dag_run.state)
+    if not any(s not in ("None", "none") for t, s in states.items() if t != "dag_run"):
+        raise NoTaskRan(
+            f"the DAG run for ds={ds} executed no task (states {states}); "
+            f"is ds before the DAG's start_date {module.daily_dag.start_date:%Y-%m-%d}, or the DAG paused?"
+        )
     return states
 
 

@@ -25,17 +25,58 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     cfg = HapConfig.load(args.config)
     t0 = time.perf_counter()
-    days = CascadeSimulator(cfg.sim).write_days(args.out, args.start, args.days, args.requests)
+    days = CascadeSimulator(cfg.sim, composition=cfg.composition).write_days(
+        args.out, args.start, args.days, args.requests
+    )
     print(f"simulated {len(days)} day(s) {days[0]}..{days[-1]} into {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from expectations.validate import describe, validate_day
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Real impression logs (generic schema or MIND) into the contract; bad input: one line, exit 1."""
+    import os
 
-    verdict = validate_day(_ws(args).root, args.ds)
-    print(describe(verdict))
-    return 0 if verdict["success"] else 1
+    from hap.config import HapConfig
+    from hap.ingest import IngestError, day_summary, ingest
+
+    cfg = HapConfig.load(args.config or os.environ.get("HAP_CONFIG") or None)
+    out = Path(args.out) if args.out else _ws(args).data
+    t0 = time.perf_counter()
+    try:
+        news = Path(args.news) if args.news else None
+        days = ingest(Path(args.input), args.format, out, cfg, news=news, seed=args.seed)
+    except IngestError as exc:
+        print(f"hap ingest: {exc}", file=sys.stderr)
+        return 1
+    for ds in days:
+        counts = day_summary(out, ds)
+        print(f"  {ds}: {counts.pop('requests')} requests; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    span = f" {days[0]}..{days[-1]}" if days else ""
+    print(f"ingested {len(days)} day(s){span} from {args.input} into {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0: passed; 1: the data failed (quarantined); 2: the validator failed (nothing judged)."""
+    from expectations.validate import (
+        EXIT_ERROR,
+        EXIT_PASSED,
+        EXIT_QUARANTINED,
+        ValidatorError,
+        describe,
+        table,
+        validate_day,
+    )
+
+    try:
+        verdict = validate_day(_ws(args).root, args.ds)
+    except ValidatorError as exc:
+        print(f"hap validate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(table(verdict))
+    if not verdict["success"]:
+        print(describe(verdict))
+    return EXIT_PASSED if verdict["success"] else EXIT_QUARANTINED
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -57,8 +98,15 @@ def cmd_step(args: argparse.Namespace) -> int:
 
 def cmd_run_day(args: argparse.Namespace) -> int:
     from hap.airflow_local import run_day
+    from hap.flow import StepRefused, partition_ready
 
-    states = run_day(args.ds, _ws(args))
+    ws = _ws(args)
+    if not args.wait and not partition_ready(args.ds, ws):
+        raise StepRefused(
+            f"no data for ds={args.ds} under {ws.data} (both requests and candidates partitions are needed); "
+            "pass --wait to let the DAG's sensor wait for it"
+        )
+    states = run_day(args.ds, ws)
     print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
     return 0 if states["dag_run"] == "success" else 1
 
@@ -143,8 +191,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate → validate → train → gate → package → deploy → a request answered."""
     from hap.airflow_local import run_day_subprocess
-    from hap.config import HapConfig
-    from hap.flow import server_for
+    from hap.flow import load_config, server_for
     from hap.registry import Registry
     from hap.simulator import CascadeSimulator
     from serving.deploy import sample_request
@@ -154,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = (dt.date.fromisoformat(args.end) - dt.timedelta(days=args.days - 1)).isoformat()
     print(f"== HAP demo: workspace {ws.root}")
     t0 = time.perf_counter()
-    days = CascadeSimulator(HapConfig().sim).write_days(ws.data, start, args.days, args.requests)
+    cfg = load_config()  # $HAP_CONFIG or the embedded defaults: the same composition validation checks
+    days = CascadeSimulator(cfg.sim, composition=cfg.composition).write_days(ws.data, start, args.days, args.requests)
     print(f"[1/5] simulated {args.days} day(s) {days[0]}..{days[-1]}, {args.requests} requests/day "
           f"({time.perf_counter() - t0:.1f}s) -> {ws.data}")  # fmt: skip
 
@@ -169,7 +217,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if verdict_path.exists():
         from expectations.validate import describe
 
-        print("[3/5] validation: " + describe(json.loads(verdict_path.read_text())))
+        verdict = json.loads(verdict_path.read_text())
+        print(
+            "[3/5] validation: "
+            + describe(verdict)
+            + (f" (report: {verdict['report']})" if verdict.get("report") else "")
+        )
     run_dir = ws.run_dir(args.end)
     if (run_dir / "evaluation.json").exists():
         ev = json.loads((run_dir / "evaluation.json").read_text())["candidate"]
@@ -224,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML config (sim section)")
     s.set_defaults(func=cmd_simulate)
 
+    s = sub.add_parser("ingest", help="bring real impression logs (generic schema or MIND) into the data contract")
+    s.add_argument("--format", required=True, choices=["generic", "mind"])
+    s.add_argument("--input", required=True, help="generic: .parquet file/dir or .csv; mind: behaviors.tsv")
+    s.add_argument("--news", help="mind: news.tsv (default: beside behaviors.tsv)")
+    s.add_argument("--out", help="data root (default: the workspace's data dir)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the sampled negatives")
+    s.add_argument("--config", help="YAML config (default $HAP_CONFIG; real logs: configs/real_logs.yaml)")
+    s.set_defaults(func=cmd_ingest)
+
     s = sub.add_parser("validate", help="validate one day with Great Expectations")
     s.add_argument("--ds", required=True)
     s.set_defaults(func=cmd_validate)
@@ -236,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--shadow", action="store_true", help="score live traffic beside production; promote later")
         s.set_defaults(func=cmd_step)
 
-    s = sub.add_parser("run-day", help="run the daily DAG for one ds with dag.test()")
+    s = sub.add_parser("run-day", help="run the daily DAG for one ds (any date with data) with dag.test()")
     s.add_argument("--ds", required=True)
+    s.add_argument("--wait", action="store_true", help="run even if the day's data has not landed (the sensor waits)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_run_day)
 
@@ -276,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
+    from hap.airflow_local import NoTaskRan
     from hap.flow import StepRefused
     from serving.errors import DeployFailed, ServingError
 
@@ -284,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StepRefused, DeployFailed, ServingError) as exc:  # expected failures: a message, no traceback
+    except (StepRefused, DeployFailed, ServingError, NoTaskRan) as exc:  # expected failures: a message, no traceback
         print(f"hap {args.command}: {exc}", file=sys.stderr)
         return 1
 

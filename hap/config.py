@@ -18,13 +18,104 @@ from hap_runtime.config import ModelConfig, RoutingConfig
 
 @dataclass(frozen=True)
 class Composition:
-    """Per-request sample composition of the logged candidates (ToutiaoRec-shaped)."""
+    """Per-request composition of the logged candidates: bounds, not exact counts, since real logs
+    vary. The data contract's configuration (``HapConfig.composition``, settable through
+    ``$HAP_CONFIG``): the simulator writes the upper bounds, ingestion at most them, validation checks
+    every request against them. Defaults are ToutiaoRec-shaped (10 ``rank``, 10 ``prerank``, 2
+    ``global`` per positive)."""
 
-    rank_negatives: int = 10
-    prerank_negatives: int = 10
-    global_per_positive: int = 2
+    expose: tuple[int, int] = (1, 1000)  # exposed items per request
+    rank: tuple[int, int] = (10, 10)  # `rank` negatives per request
+    prerank: tuple[int, int] = (10, 10)  # `prerank` negatives per request
+    # `global` negatives per exposed positive: a request with P positives has between
+    # floor(lo·P) and ceil(hi·P) of them
+    global_per_positive: tuple[float, float] = (2.0, 2.0)
     rank_cutoff: int = 50  # `rank` negatives: rank position > this
     prerank_cutoff: int = 200  # `prerank` negatives: pre-rank position > this; top ones reach ranking
+
+    def __post_init__(self) -> None:
+        for name in ("expose", "rank", "prerank", "global_per_positive"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"composition.{name} must be [min, max] with 0 <= min <= max, got {[lo, hi]}")
+
+
+@dataclass(frozen=True)
+class DayOverDay:
+    """Day-over-day bands for a day's aggregates (``expectations.baseline``: the policy in full).
+
+    The baseline of a figure is the median over earlier days whose rows are sound (schema, values,
+    per-request and integrity checks passed) — including days quarantined only by these bands, so
+    one bad day cannot make every later normal day fail, and a lasting change becomes the new
+    normal once it is most of the baseline. It uses the same weekday of the last ``weeks`` weeks
+    when one exists (traffic has a weekly cycle), else the trailing ``trailing_days`` with the wider
+    ``warmup_widen`` factor on each band; with fewer than ``min_history`` earlier days the bands are
+    open (warm-up). A band is ``[median·lo, median·hi]``."""
+
+    weeks: int = 4
+    trailing_days: int = 7
+    min_history: int = 2
+    warmup_widen: float = 2.0
+    volume_band: tuple[float, float] = (0.6, 1.6)  # request and candidate rows
+    positive_rate_band: tuple[float, float] = (0.7, 1.3)
+    leakage_band: tuple[float, float] = (0.0, 1.5)  # share of exposed positives already in their own history
+    leakage_slack: float = 0.02  # absolute slack added to the leakage band's top (a baseline near 0)
+    concentration_band: tuple[float, float] = (0.0, 3.0)  # the top user's / top item's shares
+    concentration_slack: float = 0.01
+    mode_share_slack: float = 0.15  # a categorical feature's top value share: at most the median + this
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """What a day must satisfy beyond the contract's row checks (absolute caps hold from day one)."""
+
+    day_over_day: DayOverDay = field(default_factory=DayOverDay)
+    max_top_user_positive_share: float = 0.05  # one user owning this share of the day's positives: a logging bug
+    max_top_user_request_share: float = 0.05
+    max_top_item_expose_share: float = 0.2  # one item in this share of impressions: a stuck slot
+    # exposed positives already in their own request's history; the band vs the baseline does the fine work
+    # (the simulated worlds re-consume 5-57% of clicks from the history, depending on size and beta)
+    max_leakage_share: float = 0.8
+    max_carryover_share: float = 0.01  # requests whose exposed items repeat a request of the day before
+    max_request_id_reuse_share: float = 0.0  # request ids of the day before used again
+    min_requests_for_shares: int = 200  # smaller days: the concentration shares are not judged
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How ``hap ingest`` brings real impression logs into the contract (``hap.ingest``: the retriever
+    that builds ``rank``/``prerank`` negatives, the statistics behind derived features).
+
+    A day's requests are processed in time-ordered chunks (at most ``chunk_requests`` requests
+    within one ``chunk_minutes`` slot of the UTC clock). Everything a request gets, its retrieval
+    pool, the retriever's statistics and its candidates' item features, reads only impressions of
+    requests strictly earlier than its chunk's first request (co-visitation: strictly earlier than
+    its slot); so a day's partitions never change when later days join the input.
+
+    The retriever's score of pool item i for a request of user u (docs/runbook.md has the same):
+    ``covis_weight·log(1 + Σ_h w(h→i)) + content_weight·cat_share(u, i) + subcategory_weight·
+    sub_share(u, i) + popularity_weight·log(1 + impressions of i in the trailing recent_hours)``,
+    h over the user's ``covis_history`` most recent history items; cat_share / sub_share: the share
+    of the user's ``content_history`` most recent history items (of known category) in i's
+    category / subcategory."""
+
+    retrieval_size: int = 400  # retriever depth: `prerank` negatives come from positions (prerank_cutoff, this]
+    chunk_requests: int = 256  # requests per chunk: a request sees impressions strictly before its chunk
+    chunk_minutes: int = 60  # chunks never cross a slot of this many minutes (UTC); co-visitation refreshes per slot
+    covis_window_days: int = 7  # co-visitation pairs and the retriever's item pool: this many days back (24 h each)
+    covis_history: int = 10  # the user's most recent history items that query (and anchor) co-visitation
+    covis_neighbours: int = 100  # co-visited items kept per item (the strongest)
+    shown_weight: float = 0.1  # "shown beside a click" counts this much of "clicked after / together" (1)
+    covis_weight: float = 1.0  # co-visitation: this × log(1 + Σ_h w(h → item))
+    content_weight: float = 2.0  # this × the share of the user's history in the item's category
+    subcategory_weight: float = 2.0  # this × the share of the user's history in the item's subcategory (MIND)
+    content_history: int = 50  # the user's most recent history items that define those shares
+    popularity_weight: float = 1.0  # recent popularity: this × log(1 + the item's impressions in recent_hours)
+    recent_hours: float = 6.0  # the trailing window of recent popularity (news fades within hours)
+    stats_window_days: int = 7  # popularity and item_ctr_7d: impressions and clicks over this many days back
+    user_window_days: int = 30  # activity_days and follow_count: this many earlier days
+    ctr_prior_impressions: float = 10.0  # item_ctr_7d shrinks toward the window's mean CTR with this weight
+    defaults: dict[str, Any] = field(default_factory=dict)  # feature -> value: overrides hap.ingest.DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -56,7 +147,6 @@ class SimConfig:
     # Share of requests (by request-id hash, the pipeline's held-out share) whose every retrieved
     # candidate is written with its true click probability: evaluation at serving ratios.
     eval_fraction: float = 0.2
-    composition: Composition = field(default_factory=Composition)
 
 
 @dataclass(frozen=True)
@@ -198,6 +288,9 @@ class KfpConfig:
 class HapConfig:
     window_days: int = 3
     label: str = "click"
+    composition: Composition = field(default_factory=Composition)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     light: ModelConfig = field(default_factory=ModelConfig)
     expressive: ModelConfig = field(

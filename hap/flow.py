@@ -52,10 +52,12 @@ def server_for(ws: Workspace, cfg: HapConfig | None = None):
 
 
 def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
-    """Validate the day, and any earlier day of the training window that has no verdict yet.
+    """Validate the day, and any earlier day of the training window without a verdict (or whose
+    validator failed).
 
     A failing ``ds`` is quarantined and ``ValidationFailed`` stops the run. A failing earlier day
-    is quarantined too; it is left out of the window (training reads only passed days).
+    is quarantined too; it is left out of the window (training reads only passed days). A validator
+    failure raises ``ValidatorError``: nothing is quarantined, the step may be retried.
     """
     from expectations.validate import ValidationFailed, describe, validate_day
     from hap.contract import partition_dir
@@ -63,9 +65,9 @@ def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None)
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     summary = {}
     for day in window_days(ds, cfg.window_days)[:-1]:
-        if ws.validation_status(day) is None and partition_dir(ws.data, "candidates", day).exists():
-            summary[day] = describe(validate_day(ws.root, day))
-    verdict = validate_day(ws.root, ds)
+        if ws.validation_status(day) in (None, "error") and partition_dir(ws.data, "candidates", day).exists():
+            summary[day] = describe(validate_day(ws.root, day, cfg))
+    verdict = validate_day(ws.root, ds, cfg)
     if not verdict["success"]:
         raise ValidationFailed(describe(verdict))
     summary[ds] = describe(verdict)
@@ -102,6 +104,8 @@ def gate(ds: str, ws: Workspace | None = None) -> dict[str, Any]:
     from hap.gate import gate_run
 
     ws = ws or Workspace.from_env()
+    if not (ws.run_dir(ds) / "evaluation.json").exists():
+        raise StepRefused(f"ds={ds} has no evaluation ({ws.run_dir(ds) / 'evaluation.json'}); run `hap train` first")
     return gate_run(ws.run_dir(ds), os.environ.get("HAP_GATE_POLICY") or None)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from hap import SOURCES
-from hap.config import SimConfig
+from hap.config import Composition, SimConfig
 from hap.contract import EVAL_TABLE, candidates_schema, holdout_mask, requests_schema, write_partition
 from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 
@@ -44,16 +44,21 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class CascadeSimulator:
     """A fixed world (seeded) that produces one day of logs at a time, deterministically."""
 
-    def __init__(self, cfg: SimConfig | None = None, spec: FeatureSpec = DEFAULT_SPEC) -> None:
-        cfg = cfg or SimConfig()
-        self.cfg, self.spec = cfg, spec
-        comp = cfg.composition
-        if cfg.retrieval_size < comp.prerank_cutoff + comp.prerank_negatives:
-            raise ValueError("retrieval_size must exceed prerank_cutoff + prerank_negatives")
-        if comp.prerank_cutoff < comp.rank_cutoff + comp.rank_negatives:
-            raise ValueError("prerank_cutoff must exceed rank_cutoff + rank_negatives")
+    def __init__(
+        self, cfg: SimConfig | None = None, spec: FeatureSpec = DEFAULT_SPEC, composition: Composition | None = None
+    ) -> None:
+        """``composition`` is the contract's (``HapConfig.composition``): the simulator writes its
+        upper bounds — ``rank[1]`` and ``prerank[1]`` negatives, ``global_per_positive[1]`` per click."""
+        cfg, comp = cfg or SimConfig(), composition or Composition()
+        self.cfg, self.spec, self.composition = cfg, spec, comp
+        if cfg.retrieval_size < comp.prerank_cutoff + comp.prerank[1]:
+            raise ValueError("retrieval_size must exceed composition.prerank_cutoff + composition.prerank max")
+        if comp.prerank_cutoff < comp.rank_cutoff + comp.rank[1]:
+            raise ValueError("composition.prerank_cutoff must exceed rank_cutoff + the rank max")
         if cfg.expose_max > comp.rank_cutoff:
-            raise ValueError("expose_max must not exceed rank_cutoff")
+            raise ValueError("expose_max must not exceed composition.rank_cutoff")
+        if not comp.expose[0] <= cfg.expose_min <= cfg.expose_max <= comp.expose[1]:
+            raise ValueError(f"expose_min..expose_max must lie within composition.expose {list(comp.expose)}")
         rng = np.random.default_rng(cfg.seed)
         n_u, n_i, d, n_c = cfg.n_users, cfg.n_items, cfg.latent_dim, cfg.n_categories
 
@@ -261,7 +266,7 @@ class CascadeSimulator:
         and ranking see it, the factorized pre-ranker does not. Returns the logged rows, and every
         retrieved item (B, S) with its true utility (B, S) for the evaluation table.
         """
-        cfg, comp = self.cfg, self.cfg.composition
+        cfg, comp = self.cfg, self.composition
         B, S, P = len(users), cfg.retrieval_size, comp.prerank_cutoff
         rows = np.arange(B)[:, None]
         factorized = self.utility(users)  # (B, I): F
@@ -299,18 +304,19 @@ class CascadeSimulator:
         n_pos = click.sum(axis=1)
 
         # unexposed negatives sampled from below the stage cut-offs
-        rank_pick = np.argsort(rng.random((B, P - comp.rank_cutoff)), axis=1)[:, : comp.rank_negatives]
+        n_rank, n_pre, per_pos = comp.rank[1], comp.prerank[1], comp.global_per_positive[1]
+        rank_pick = np.argsort(rng.random((B, P - comp.rank_cutoff)), axis=1)[:, :n_rank]
         rank_idx = np.take_along_axis(ranked[:, comp.rank_cutoff :], rank_pick, axis=1)
-        pre_pick = np.argsort(rng.random((B, S - P)), axis=1)[:, : comp.prerank_negatives]
+        pre_pick = np.argsort(rng.random((B, S - P)), axis=1)[:, :n_pre]
         pre_idx = np.take_along_axis(pre_order[:, P:], pre_pick, axis=1)
 
         # global negatives: random pool items, not retrieved, no duplicates, `global_per_positive` per click
-        g_max = comp.global_per_positive * cfg.expose_max
+        g_max = int(np.ceil(per_pos * cfg.expose_max))
         draws = rng.integers(0, cfg.n_items, (B, 2 * g_max))
         clash = retr_score[rows, draws] >= kth  # would have been retrieved
         dup = np.triu(draws[:, :, None] == draws[:, None, :], k=1).any(axis=1)
         ok = ~clash & ~dup
-        g_mask = ok & (np.cumsum(ok, axis=1) <= (comp.global_per_positive * n_pos)[:, None])
+        g_mask = ok & (np.cumsum(ok, axis=1) <= np.rint(per_pos * n_pos)[:, None])
 
         # assemble per request: expose | rank | prerank | global, then flatten with the mask
         sel_s = np.concatenate([exp_idx, rank_idx, pre_idx], axis=1)  # indices into S
@@ -320,8 +326,8 @@ class CascadeSimulator:
         source = np.concatenate(
             [
                 np.full((B, cfg.expose_max), _EXPOSE),
-                np.full((B, comp.rank_negatives), _RANK),
-                np.full((B, comp.prerank_negatives), _PRERANK),
+                np.full((B, n_rank), _RANK),
+                np.full((B, n_pre), _PRERANK),
                 np.full((B, 2 * g_max), _GLOBAL),
             ],
             axis=1,

@@ -56,11 +56,13 @@ class Workspace:
         return path
 
     def validation_status(self, ds: str) -> str | None:
-        """``"passed"``, ``"quarantined"`` or ``None`` when the day was never validated."""
+        """``"passed"``, ``"quarantined"``, ``"error"`` (the validator failed: the data was not
+        judged) or ``None`` when the day was never validated."""
         path = self.validation_dir(ds) / "verdict.json"
         if not path.exists():
             return None
-        return "passed" if json.loads(path.read_text())["success"] else "quarantined"
+        verdict = json.loads(path.read_text())
+        return verdict.get("status") or ("passed" if verdict["success"] else "quarantined")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

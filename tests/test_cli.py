@@ -14,7 +14,7 @@ def test_simulate_then_validate(tmp_path, monkeypatch, capsys):
     for ds in ("2026-11-20", "2026-11-21"):
         assert (partition_dir(data, "candidates", ds) / "part-0.parquet").exists()
     assert main(["validate", "--ds", "2026-11-21"]) == 0
-    assert "passed" in capsys.readouterr().out
+    assert "ds=2026-11-21: PASSED" in capsys.readouterr().out
 
 
 def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, capsys):
@@ -28,5 +28,44 @@ def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, capsys):
     assert main(["--home", home, "package", "--ds", "2026-11-22"]) == 1
     err = capsys.readouterr().err
     assert "no gate decision" in err and "Traceback" not in err
+    assert main(["--home", home, "gate", "--ds", "2026-11-22"]) == 1
+    err = capsys.readouterr().err
+    assert "has no evaluation" in err and "Traceback" not in err
     assert main(["--home", home, "shadow", "promote"]) == 1
     assert "no shadow version is running" in capsys.readouterr().err
+
+
+def _hap(home, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HAP_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "hap.cli", *args], env=env, capture_output=True, text=True)
+
+
+def test_run_day_on_a_historical_date_runs_its_tasks(tmp_path, small_sim):
+    """A date years before today (and before any default start date) runs for real: here its data is
+    bad, so validation quarantines it and the run fails — it does not succeed having run nothing."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "ws"
+    small_sim.write_days(home / "data", "2019-11-12", 1, 200)
+    path = partition_dir(home / "data", "candidates", "2019-11-12") / "part-0.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["source"]), path)
+    proc = _hap(home, "run-day", "--ds", "2019-11-12", "--json")
+    states = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert states.get("wait_for_partition") == "success" and states.get("validate") == "failed", (
+        states,
+        proc.stderr[-3000:],
+    )
+    assert json.loads((home / "validation" / "ds=2019-11-12" / "verdict.json").read_text())["status"] == "quarantined"
+
+
+def test_run_day_without_data_is_a_clear_error(tmp_path):
+    proc = _hap(tmp_path / "ws", "run-day", "--ds", "2019-11-12")
+    assert proc.returncode == 1
+    assert "no data for ds=2019-11-12" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -22,19 +22,19 @@ def test_tables_match_the_contract_schemas(small_day):
 
 
 def test_per_request_composition(small_sim, small_day):
-    comp = small_sim.cfg.composition
+    comp = small_sim.composition
     c = small_day.candidates.to_pandas()
     counts = c.groupby(["request_id", "source"]).size().unstack(fill_value=0)
     positives = c[c.click == 1].groupby("request_id").size().reindex(counts.index, fill_value=0)
-    assert (counts["rank"] == comp.rank_negatives).all()
-    assert (counts["prerank"] == comp.prerank_negatives).all()
+    assert (counts["rank"] == comp.rank[1]).all()
+    assert (counts["prerank"] == comp.prerank[1]).all()
     assert (counts["expose"] >= 1).all()
-    assert (counts.get("global", 0) == comp.global_per_positive * positives).all()
+    assert (counts.get("global", 0) == comp.global_per_positive[1] * positives).all()
     assert not c.duplicated(["request_id", "item_id"]).any()
 
 
 def test_labels_and_positions_follow_the_cascade(small_sim, small_day):
-    comp = small_sim.cfg.composition
+    comp = small_sim.composition
     c = small_day.candidates.to_pandas()
     assert (c.loc[c.source != "expose", ["click", "like", "comment", "dwell_ms"]] == 0).all().all()
     assert (c.loc[c.source == "rank", "rank_pos"] > comp.rank_cutoff).all()
