@@ -275,6 +275,22 @@ def _metric(text: str, name: str, version: str, **labels: str) -> float:
     return float(lines[0].rsplit(" ", 1)[1])
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _kill_while_busy(pid: int, timeout: float = 20.0) -> None:
+    """SIGKILL ``pid`` at a moment it is burning CPU (mid-batch), or at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t0 = _cpu_ticks(pid)
+        time.sleep(0.03)
+        if _cpu_ticks(pid) - t0 >= 2:  # busy for most of the last 30 ms (ticks are 10 ms)
+            break
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_worker_loses_no_request_of_a_retrying_client(ws, server, production):
     version = server.default_version()
     before = server.describe(version)["workers"][0]["pid"]
@@ -283,7 +299,9 @@ def test_a_killed_worker_loses_no_request_of_a_retrying_client(ws, server, produ
     for traffic in clients:
         traffic.start()
     time.sleep(2)
-    os.kill(before, signal.SIGKILL)
+    # Kill it while it is scoring: with batching, one worker can take all three clients' requests
+    # in one batch and leave the other idle, so a kill at an arbitrary instant may hit an idle worker.
+    _kill_while_busy(before)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         workers = server.describe(version)["workers"]
