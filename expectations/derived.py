@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from hap import SOURCES
 from hap.config import Composition
-from hap.contract import POSITION_COLUMNS, candidates_schema, requests_schema
+from hap.contract import POSITION_COLUMNS, candidates_schema, mix64, requests_schema
 from hap_runtime.spec import DEFAULT_SPEC, Feature, FeatureSpec
 
 _DISTINCT_MAX = 128  # integer categoricals up to this size are profiled value by value
@@ -194,14 +194,17 @@ def per_request_table(requests: pa.Table, candidates: pa.Table, comp: Compositio
     hist_nulls = np.bincount(np.asarray(null_parent, np.int64), minlength=requests.num_rows)
     hist_len = np.asarray(pc.fill_null(pc.list_value_length(hist), 0), np.int64)
     has = first >= 0
-    take = pa.array(np.where(has, first, 0))
-    ts_day = (
-        pc.strftime(pc.take(requests["ts"], take), format="%Y-%m-%d") if requests.num_rows else pa.nulls(n, pa.string())
-    )
-    out["ts_day"] = pc.if_else(pa.array(has), ts_day, pa.scalar(None, pa.string())) if requests.num_rows else ts_day
+    at = np.where(has, first, 0)  # a row of `requests` for every id (0 stands in for orphans, masked below)
+    if requests.num_rows:
+        ts_day = pc.strftime(pc.take(requests["ts"], pa.array(at)), format="%Y-%m-%d")
+        out["ts_day"] = pc.if_else(pa.array(has), ts_day, pa.scalar(None, pa.string()))
+        hist_len, hist_nulls = hist_len[at], hist_nulls[at]
+    else:
+        out["ts_day"] = pa.nulls(n, pa.string())
+        hist_len = hist_nulls = np.zeros(n, np.int64)
     out["id_rows"] = pa.array(np.bincount(r_idx, minlength=n))
-    out["history_len"] = pa.array(np.where(has, hist_len[np.where(has, first, 0)] if requests.num_rows else 0, 0))
-    out["history_nulls"] = pa.array(np.where(has, hist_nulls[np.where(has, first, 0)] if requests.num_rows else 0, 0))
+    out["history_len"] = pa.array(np.where(has, hist_len, 0))
+    out["history_nulls"] = pa.array(np.where(has, hist_nulls, 0))
     for s in SOURCES:
         out[f"n_{s}"] = pa.array(np.bincount(c_idx[src_codes == src_of.get(s, -2)], minlength=n))
     n_pos = np.bincount(c_idx[(src_codes == src_of.get("expose", -2)) & (click > 0)], minlength=n)
@@ -242,10 +245,7 @@ def _fingerprints(candidates: pa.Table, min_items: int = 3) -> pa.Table:
     exposed item set (the count and two sums of 31-bit item hashes)."""
     exposed = candidates.filter(pc.equal(candidates["source"], "expose"))
     items = np.asarray(pc.fill_null(exposed["item_id"], 0), dtype=np.uint64)
-    h = items * np.uint64(0x9E3779B97F4A7C15)
-    h ^= h >> np.uint64(29)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(32)
+    h = mix64(items)
     t = pa.table(
         {
             "request_id": exposed["request_id"],

@@ -53,7 +53,7 @@ def validate_day(workspace_root: str | Path, ds: str, cfg: HapConfig | None = No
     Raises ``ValidatorError`` (after recording an ``error`` verdict) when the validator fails.
     """
     ws = Workspace.from_env(workspace_root)
-    cfg = cfg or HapConfig.load(os.environ.get("HAP_CONFIG") or None)
+    cfg = cfg or HapConfig.from_env()
     day_dir = ws.validation_dir(ds)
     day_dir.mkdir(parents=True, exist_ok=True)
     with _day_lock(day_dir):

@@ -34,12 +34,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Real impression logs (generic schema or MIND) into the contract; bad input: one line, exit 1."""
-    import os
 
     from hap.config import HapConfig
     from hap.ingest import IngestError, day_summary, ingest
 
-    cfg = HapConfig.load(args.config or os.environ.get("HAP_CONFIG") or None)
+    cfg = HapConfig.load(args.config) if args.config else HapConfig.from_env()
     out = Path(args.out) if args.out else _ws(args).data
     t0 = time.perf_counter()
     try:

@@ -321,6 +321,13 @@ class HapConfig:
         return cls.from_dict(json.loads(text)) if text else cls()
 
     @classmethod
+    def from_env(cls) -> HapConfig:
+        """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults: every entry point's config."""
+        import os
+
+        return cls.load(os.environ.get("HAP_CONFIG") or None)
+
+    @classmethod
     def load(cls, path: str | Path | None) -> HapConfig:
         """Load a YAML/JSON config file; missing keys keep their defaults."""
         if path is None:

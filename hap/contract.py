@@ -136,3 +136,13 @@ def split_mask(request_ids: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def holdout_mask(request_ids: np.ndarray, fraction: float) -> np.ndarray:
     """The held-out requests: the first ``fraction`` of the hash space."""
     return split_mask(request_ids, 0.0, fraction)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over uint64 arrays (they wrap silently): a fast, well-spread integer
+    hash for deterministic draws (ingestion) and order-free fingerprints (validation)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

@@ -27,7 +27,7 @@ class StepRefused(RuntimeError):
 def load_config(params: dict[str, Any] | None = None) -> HapConfig:
     """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults; DAG run params override
     ``window_days`` and the KFP mode."""
-    cfg = HapConfig.load(os.environ.get("HAP_CONFIG") or None)
+    cfg = HapConfig.from_env()
     params = params or {}
     if params.get("window_days"):
         cfg = dataclasses.replace(cfg, window_days=int(params["window_days"]))

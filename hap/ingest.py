@@ -96,7 +96,7 @@ import pyarrow.compute as pc
 
 from hap import SOURCES
 from hap.config import HapConfig
-from hap.contract import candidates_schema, partition_dir, requests_schema, write_partition
+from hap.contract import candidates_schema, mix64, partition_dir, requests_schema, write_partition
 from hap_runtime.spec import DEFAULT_SPEC, Feature, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -166,19 +166,10 @@ def stable_ids(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.where(idx >= 0, table[np.maximum(idx, 0)] if len(table) else 0, 0)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer (uint64 arrays wrap silently): a counter-based hash."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def _uniform(seed: int, stage: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) draws keyed by (seed, stage, a, b): deterministic per key, whatever else is drawn."""
-    s = _mix(np.array([(seed & _ID_MASK) * 16 + stage + 1], dtype=np.uint64))
-    x = _mix(_mix(np.asarray(a).astype(np.uint64) ^ s) ^ np.asarray(b).astype(np.uint64))
+    s = mix64(np.array([(seed & _ID_MASK) * 16 + stage + 1], dtype=np.uint64))
+    x = mix64(mix64(np.asarray(a).astype(np.uint64) ^ s) ^ np.asarray(b).astype(np.uint64))
     return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
