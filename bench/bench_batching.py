@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from hap.config import HapConfig
-from hap.simulator import CascadeSimulator
 from hap_runtime.nets import PreRanker
 from hap_runtime.spec import DEFAULT_SPEC
 from models.data import encode_tables
 from models.losses import hap_loss
 from models.train import train_expressive, train_light
+from samples.simulator import CascadeSimulator
 
 
 def step_time(model: PreRanker, batches: list, per_candidate: bool, cfg: HapConfig) -> float:

@@ -17,7 +17,7 @@ prerank < global). The first day is left out (no earlier data for anyone's stati
 - ``truth``: the cascade's own ``rank``/``prerank`` samples logged (generic schema), ingestion
   building ``global`` only: what a real cascade's negatives look like on ingestion's clock.
 - ``built``: the MIND files (exposures only), every negative built by ``--impl`` (default: the
-  working tree's ``hap/ingest.py``; pass an older copy of the file to compare).
+  working tree's ``samples/ingest.py``; pass an older copy of the file to compare).
 
 Run: .venv/bin/python bench/bench_ingest.py [--requests 30000] [--impl PATH] [--variants truth built]
 Timing only (the 150k-impression week): .venv/bin/python bench/bench_ingest.py --requests 150000 --variants built --no-auc
@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 
 from hap.config import HapConfig
 from hap.contract import read_partition
-from hap.ingest import stable_id
 from hap_runtime.spec import DEFAULT_SPEC
+from samples.ingest import stable_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,7 +302,7 @@ def measure(world: World, out: Path, days: list[str], label: str, max_rows: int 
 
 def _load_ingest(impl: str | None):
     if not impl:
-        from hap import ingest as mod
+        from samples import ingest as mod
 
         return mod
     spec = importlib.util.spec_from_file_location("ingest_impl", impl)
@@ -316,7 +316,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=30000)
     p.add_argument("--days", type=int, default=7)
-    p.add_argument("--impl", default=None, help="an ingest.py to measure instead of hap/ingest.py")
+    p.add_argument("--impl", default=None, help="an ingest.py to measure instead of samples/ingest.py")
     p.add_argument("--variants", nargs="+", default=["truth", "built"], choices=["truth", "built"])
     p.add_argument("--no-auc", action="store_true", help="time ingestion only")
     p.add_argument("--seed", type=int, default=0)

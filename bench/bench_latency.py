@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from loadgen import BenchServer, LoadClient, closed_loop, summary
 
-from hap.flow import load_config
-from hap.registry import Registry
 from hap.workspace import Workspace
 from hap_runtime.codec import decode_body
 from hap_runtime.scorer import TwoStageScorer
+from registry.store import Registry
 from serving.archive import extract_archive, mar_name
 from serving.deploy import columnar, sample_request
+from workflow.flow import load_config
 
 
 def in_process(scorer: TwoStageScorer, raws: list[bytes], n: int, first: int = 0) -> list[float]:

@@ -17,10 +17,10 @@ import time
 
 from loadgen import BenchServer, LoadClient, cpu_seconds, open_loop, summary
 
-from hap.flow import load_config
-from hap.registry import Registry
 from hap.workspace import Workspace
+from registry.store import Registry
 from serving.deploy import columnar, sample_request
+from workflow.flow import load_config
 
 
 def main() -> None:

@@ -26,18 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from hap import SOURCES
+from hap import SLICES
 from hap.config import ExpressiveRecipe, HapConfig, LossConfig
 from hap.contract import split_mask
-from hap.simulator import CascadeSimulator
 from hap_runtime.spec import DEFAULT_SPEC
 from models.data import EncodedData, encode_tables
-from models.evaluation import captured_share, choose_k, k_curve, padded, same_scope_aucs, serving_set
+from models.evaluation import captured_share, choose_k, k_curve, padded, same_scope_aucs
 from models.metrics import flops_per_request, gauc, predict, slice_aucs
+from models.prepare import serving_set
 from models.train import train_expressive, train_model
+from samples.simulator import CascadeSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
-SLICES = ("overall", *SOURCES)
 GRID = (0, 75, 100, 125, 150, 200, 300)
 N_FLOPS = 1000  # FLOPs/request are reported at N = 1,000 candidates, K scaled with N
 

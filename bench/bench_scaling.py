@@ -46,8 +46,8 @@ def _cfg(window: int, epochs: int, processes: int = 1, device: str = "auto") -> 
 
 
 def _simulate(root: Path, requests: int, days: int) -> list[str]:
-    from hap.simulator import CascadeSimulator
     from hap.workspace import Workspace
+    from samples.simulator import CascadeSimulator
 
     ws = Workspace(root)
     start = (dt.date.fromisoformat(END) - dt.timedelta(days=days - 1)).isoformat()
@@ -67,8 +67,9 @@ def child(mode: str, root: Path, device: str) -> dict:
 
     from hap_runtime.spec import DEFAULT_SPEC
     from models.data import load_day
-    from models.steps import prepare, train_worker
+    from models.prepare import prepare
     from models.train import train_light
+    from models.worker import train_worker
 
     cfg = _cfg(1, 1, device=device)
     t0 = time.perf_counter()
@@ -115,8 +116,8 @@ def part_memory(work: Path, scales: list[int], device: str) -> list[dict]:
 
 
 def part_throughput(work: Path, scales: list[int], procs: list[int], device: str) -> list[dict]:
-    from components.launch import train
-    from models.steps import prepare
+    from components.launch import launch_training
+    from models.prepare import prepare
 
     rows = []
     for s in scales:
@@ -126,7 +127,7 @@ def part_throughput(work: Path, scales: list[int], procs: list[int], device: str
         for p in procs:
             cfg = _cfg(1, 2, processes=p, device=device)
             t0 = time.perf_counter()
-            history = train(str(root / "prepared"), "light", cfg, str(root / f"light-{p}"))
+            history = launch_training(str(root / "prepared"), "light", cfg, str(root / f"light-{p}"))
             wall = time.perf_counter() - t0
             last = history["epochs"][-1]  # the second epoch: warm caches, no first-step overhead
             rows.append({"scale": s, "processes": p, "device": history["device"], "samples": manifest["train_samples"],
@@ -138,8 +139,8 @@ def part_throughput(work: Path, scales: list[int], procs: list[int], device: str
 
 
 def part_cost(work: Path, scales: list[int], device: str) -> list[dict]:
-    from hap import flow
     from hap.workspace import Workspace
+    from workflow import flow
 
     rows = []
     for s in scales:

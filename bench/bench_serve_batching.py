@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from hap.config import HapConfig, ServingConfig
-from hap.registry import Registry
 from hap.workspace import Workspace
 from hap_runtime.scorer import TwoStageScorer
+from registry.store import Registry
 from serving.archive import build_archive, stage_bundle
 from serving.deploy import sample_request
 from serving.server import LocalTorchServe, Ports

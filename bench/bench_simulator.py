@@ -12,7 +12,7 @@ import numpy as np
 
 from hap.config import SimConfig
 from hap.contract import write_partition
-from hap.simulator import CascadeSimulator
+from samples.simulator import CascadeSimulator
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import os
 import tempfile
 import time
 
-from hap.simulator import CascadeSimulator
 from hap.workspace import Workspace
+from samples.simulator import CascadeSimulator
 
 
 def main() -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from loadgen import LoadClient, Target, open_loop, summary
 
-from hap.flow import load_config
-from hap.registry import Registry
 from hap.workspace import Workspace
+from registry.store import Registry
 from serving.deploy import clone_version, columnar, deploy, rollback, sample_request
 from serving.server import LocalTorchServe, Ports
+from workflow.flow import load_config
 
 
 def main() -> None:

@@ -234,7 +234,7 @@ class BenchServer:
         import os
         import tempfile
 
-        from hap.registry import Registry
+        from registry.store import Registry
         from serving.server import LocalTorchServe, Ports
 
         self.ws, self.cfg = ws, cfg
@@ -249,7 +249,7 @@ class BenchServer:
         )
 
     def __enter__(self):
-        from hap.registry import Registry
+        from registry.store import Registry
         from serving.archive import build_archive, mar_name
 
         build_archive(Registry(self.ws).version_dir(self.version), self.version, self.cfg, self.server.model_store)

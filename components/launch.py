@@ -1,6 +1,6 @@
 """Where a model trains: in the KFP component's own process, as DDP ranks under ``torchrun`` on the
 same machine, or as a Kubeflow ``PyTorchJob`` (Training Operator) of N pods. All three run the same
-entry point, ``models.distributed`` (``train_worker``), with the same arguments.
+entry point, ``models.worker`` (``train_worker``), with the same arguments.
 
 ``python -m components.launch`` renders the example PyTorchJob committed under ``infra/k8s/``.
 """
@@ -20,10 +20,11 @@ from typing import Any
 
 from hap.config import HapConfig, TrainJobConfig
 from hap.workspace import fresh_dir
+from models.worker import train_worker
 
 log = logging.getLogger(__name__)
 
-ENTRY_MODULE = "models.distributed"
+ENTRY_MODULE = "models.worker"
 CONTAINER = "pytorch"  # the Training Operator expects the training container under this name
 EXAMPLE = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "pytorchjob.example.yaml"
 
@@ -44,7 +45,7 @@ def torchrun_command(nproc: int, max_restarts: int, args: list[str]) -> list[str
     return [*launcher, f"--max-restarts={max_restarts}", "-m", ENTRY_MODULE, *args]
 
 
-def train(prepared: str, which: str, cfg: HapConfig, out: str, init: str = "") -> dict:
+def launch_training(prepared: str, which: str, cfg: HapConfig, out: str, init: str = "") -> dict:
     """Train ``which`` on the prepared shards with the configured launcher; returns its history.
     ``init``: the light model folder the expressive model warm-starts from."""
     job = cfg.job
@@ -53,8 +54,6 @@ def train(prepared: str, which: str, cfg: HapConfig, out: str, init: str = "") -
     if job.launcher != "local":
         raise ValueError(f"unknown training launcher {job.launcher!r}: use 'local' or 'pytorchjob'")
     if job.processes <= 1:
-        from models.steps import train_worker
-
         return train_worker(prepared, which, cfg, out, init_dir=init)
     config = Path(str(out) + ".config.json")
     config.write_text(cfg.to_json())

@@ -1,14 +1,15 @@
 """Daily HAP retraining: validate → train (KFP) → gate → package → deploy, one ``ds`` per run.
 
-Thin wiring only: every task calls ``hap.flow``; heavy imports happen inside task bodies.
+Thin wiring only: every task calls ``workflow.flow``; heavy imports happen inside task bodies.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 
-from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
+from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, chain, dag, task
+
+from hap.config import HapConfig  # dataclasses only: cheap at parse time
 
 DOC = """
 ### HAP daily retraining
@@ -16,7 +17,7 @@ DOC = """
 One run per logical day `ds`:
 
 0. **wait_for_partition** until both tables of `ds` have landed (reschedule-mode sensor: a late
-   partition delays the run instead of failing it; after `HAP_SENSOR_TIMEOUT_S` it fails and alerts).
+   partition delays the run instead of failing it; after `orchestration.sensor_timeout_s` it fails and alerts).
 1. **validate** the day's logged cascade samples with Great Expectations. A failing day is
    quarantined (kept in place, never trained on) and the run stops with the failed expectations
    named in the task log and in `$HAP_HOME/validation/ds=<ds>/verdict.json`.
@@ -32,32 +33,30 @@ One run per logical day `ds`:
    replacing it; on-call promotes it with `hap shadow promote` (runbook: *Shadow a version*).
 
 Every step is idempotent for its `ds`. Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
-`$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `HAP_RUN_DEADLINE_H` (6) hours after it was queued alerts too.
+`$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `orchestration.run_deadline_h` (6) hours after it was queued alerts too.
 On-call: `docs/runbook.md` (backfill, rerun one day, inspect a failed validation, roll back).
 """
 
-RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("HAP_RETRY_DELAY_S", "300")))
-SENSOR_POKE = int(os.environ.get("HAP_SENSOR_POKE_S", "300"))
-SENSOR_TIMEOUT = int(os.environ.get("HAP_SENSOR_TIMEOUT_S", str(12 * 3600)))
-SENSOR_MODE = os.environ.get("HAP_SENSOR_MODE", "reschedule")
+# Waiting, retries and the deadline come from the typed config (``orchestration``; environment
+# overrides such as ``HAP_RETRY_DELAY_S`` are listed in ``hap.config.ENV_OVERRIDES``).
+ORCH = HapConfig.from_env().orchestration
 
-
-# A run still going this long after it was queued alerts on-call. ``HAP_RUN_DEADLINE_H=0`` turns it
-# off: Airflow 3.3.2's ``dag.test()`` cannot store deadline alerts (the scheduler path can).
-_DEADLINE_H = float(os.environ.get("HAP_RUN_DEADLINE_H", "6"))
+# A run still going this long after it was queued alerts on-call; 0 turns it off: Airflow 3.3.2's
+# ``dag.test()`` cannot store deadline alerts (the scheduler path can).
 DEADLINE = (
     DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=dt.timedelta(hours=_DEADLINE_H),
-        callback=SyncCallback("hap.alerts.deadline_missed"),
+        interval=dt.timedelta(hours=ORCH.run_deadline_h),
+        callback=SyncCallback("workflow.alerts.deadline_missed"),
     )
-    if _DEADLINE_H > 0
+    if ORCH.run_deadline_h > 0
     else None
 )
 
 
 def _alert_on_failure(context) -> None:
-    from hap.alerts import task_failed
+    # deferred: the callback runs in the task's process, not at parse time
+    from workflow.alerts import task_failed
 
     task_failed(context)
 
@@ -88,7 +87,7 @@ PARAMS = {
     default_args={
         "owner": "recsys-preranking",
         "retries": 2,
-        "retry_delay": RETRY_DELAY,
+        "retry_delay": dt.timedelta(seconds=ORCH.retry_delay_s),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(hours=1),
         "execution_timeout": dt.timedelta(hours=1),
@@ -96,20 +95,27 @@ PARAMS = {
     },
 )
 def hap_daily():
-    @task.sensor(poke_interval=SENSOR_POKE, timeout=SENSOR_TIMEOUT, mode=SENSOR_MODE, retries=0)
-    def wait_for_partition(ds: str | None = None) -> bool:
-        from hap import flow
+    # Task bodies import the flow (torch, GX, kfp) only when they run. XComs carry what the next task
+    # uses: the run directory (train → gate, package) and the version (package → promote, deploy);
+    # ``chain`` orders tasks that hand over no data.
 
-        return flow.partition_ready(ds)
+    @task.sensor(poke_interval=ORCH.sensor_poke_s, timeout=ORCH.sensor_timeout_s, mode=ORCH.sensor_mode, retries=0)
+    def wait_for_partition(ds: str | None = None) -> bool:
+        # deferred: pyarrow stays out of DAG parsing
+        from hap.contract import partition_ready
+        from hap.workspace import Workspace
+
+        return partition_ready(Workspace.from_env().data, ds)
 
     # Bad data is not transient: a quarantine fails the task at once, without retries. A validator
     # failure (GX, disk) is not a quarantine: it fails the task as an error, retried once.
     @task(retries=1, execution_timeout=dt.timedelta(minutes=30))
-    def validate(ready: bool, params: dict | None = None, ds: str | None = None) -> dict:
+    def validate(params: dict | None = None, ds: str | None = None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        # deferred: GX, torch and kfp stay out of DAG parsing
         from expectations.validate import ValidationFailed, ValidatorError
-        from hap import flow
+        from workflow import flow
 
         try:
             return flow.validate(ds, cfg=flow.load_config(params))
@@ -119,28 +125,28 @@ def hap_daily():
             raise RuntimeError(f"VALIDATOR ERROR, not a quarantine (the data was not judged): {exc}") from exc
 
     @task(execution_timeout=dt.timedelta(hours=3))
-    def train(verdict: dict, params: dict | None = None, ds: str | None = None) -> str:
-        from hap import flow
+    def train(params: dict | None = None, ds: str | None = None) -> str:
+        from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         return flow.train(ds, cfg=flow.load_config(params))
 
     @task.short_circuit(ignore_downstream_trigger_rules=True, execution_timeout=dt.timedelta(minutes=10))
-    def gate(run_dir: str, ds: str | None = None) -> bool:
-        from hap import flow
+    def gate(run_dir: str, params: dict | None = None, ds: str | None = None) -> bool:
+        from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
-        decision = flow.gate(ds)
+        decision = flow.gate(ds, run_dir=run_dir, cfg=flow.load_config(params))
         print(f"gate ds={ds}: {'PASS' if decision['passed'] else 'FAIL'} — {decision['reason']}")
         return decision["passed"]
 
     @task(execution_timeout=dt.timedelta(minutes=20))
-    def package(params: dict | None = None, ds: str | None = None) -> str:
-        from hap import flow
+    def package(run_dir: str, params: dict | None = None, ds: str | None = None) -> str:
+        from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
-        return flow.package(ds, cfg=flow.load_config(params))
+        return flow.package(ds, run_dir=run_dir, cfg=flow.load_config(params))
 
     @task.short_circuit(retries=0, execution_timeout=dt.timedelta(minutes=5))
     def promote(version: str, params: dict | None = None, ds: str | None = None) -> bool:
-        from hap import flow
+        from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         decision = flow.promotion(ds, version, params=params)
         print(f"promote ds={ds} {version}: {'DEPLOY' if decision['deploy'] else 'STOP'} — {decision['reason']}")
@@ -148,16 +154,15 @@ def hap_daily():
 
     @task(execution_timeout=dt.timedelta(minutes=20))
     def deploy(version: str, params: dict | None = None, ds: str | None = None) -> dict:
-        from hap import flow
+        from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         return flow.deploy(ds, version, cfg=flow.load_config(params), shadow=bool((params or {}).get("shadow")))
 
-    passed = gate(train(validate(wait_for_partition())))
-    version = package()
-    passed >> version
-    promoted = promote(version)
-    deployment = deploy(version)
-    promoted >> deployment
+    run_dir = train()
+    chain(wait_for_partition(), validate(), run_dir)
+    version = package(run_dir)
+    chain(gate(run_dir), version)
+    chain(promote(version), deploy(version))
 
 
 daily_dag = hap_daily()

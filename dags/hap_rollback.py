@@ -1,6 +1,6 @@
 """On-call rollback: make the previous production version the default again, with the reason recorded.
 
-Thin wiring over ``hap.flow.rollback`` (the same as ``hap rollback --reason …``).
+Thin wiring over ``workflow.flow.rollback`` (the same as ``hap rollback --reason …``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Runbook: `docs/runbook.md#roll-back`.
 def hap_rollback():
     @task
     def rollback(params: dict | None = None) -> dict:
-        from hap import flow
+        from workflow import flow  # deferred: torch stays out of DAG parsing
 
         return flow.rollback(params["reason"])
 

@@ -77,7 +77,7 @@ def build_suites(spec: FeatureSpec = DEFAULT_SPEC) -> dict[str, list]:
                     column="num", min_value=f.low, max_value=f.high, row_condition=where(f.name)
                 )
             )
-    user_feats = tuple(f for f in spec.features if f.side == "user" and f.kind != "sequence")
+    user_feats = spec.side("user")
     daily = [
         gxe.ExpectColumnValuesToBeBetween(column=name, min_value=_param(f"{name}_min"), max_value=_param(f"{name}_max"))
         for name in daily_stat_names(spec)

@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from expectations import baseline, derived
+from expectations.report import render
+from expectations.suites import BATCHES, load_committed
 from hap.config import HapConfig
+from hap.contract import TABLES, partition_dir, read_partition
 from hap.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -81,9 +85,6 @@ def _day_lock(day_dir: Path):
 
 def _validate(ws: Workspace, ds: str, cfg: HapConfig) -> dict[str, Any]:
     import pyarrow as pa
-
-    from expectations import baseline, derived
-    from hap.contract import TABLES, partition_dir, read_partition
 
     verdict: dict[str, Any] = {"ds": ds, "tables": {}}
     clock = _Stopwatch()
@@ -160,8 +161,6 @@ def _validate(ws: Workspace, ds: str, cfg: HapConfig) -> dict[str, Any]:
 
 def _write_report(day_dir: Path, verdict: dict[str, Any]) -> str:
     """The day's self-contained HTML report (``expectations.report``), linking GX's suite pages."""
-    from expectations.report import render
-
     site = day_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations"
     pages = {}
     for name in verdict["tables"]:
@@ -194,8 +193,6 @@ def _previous_day(ws: Workspace, ds: str) -> tuple[Any, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hap.contract import partition_dir
-
     prev = (dt.date.fromisoformat(ds) - dt.timedelta(days=1)).isoformat()
     out = []
     for table, columns in (("candidates", ["request_id", "item_id", "source"]), ("requests", ["request_id"])):
@@ -214,9 +211,6 @@ def _earlier_stats(ws: Workspace, day: str, cfg: HapConfig) -> dict[str, float] 
         verdict = json.loads(path.read_text())
         if verdict.get("status") != "error":
             return verdict.get("stats") if verdict.get("rows_sound", verdict.get("success")) else None
-    from expectations import derived
-    from hap.contract import partition_dir, read_partition
-
     if not (partition_dir(ws.data, "candidates", day).exists() and partition_dir(ws.data, "requests", day).exists()):
         return None
     try:
@@ -230,8 +224,6 @@ def _context(day_dir: Path):
     """A fresh GX file context for this day, with the committed suites (read-only inputs)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-
-    from expectations.suites import BATCHES, load_committed
 
     root = day_dir / "gx"
     if root.exists():

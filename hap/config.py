@@ -11,9 +11,17 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hap_runtime.config import ModelConfig, RoutingConfig
+
+# The modes a setting can take: checked when a config is loaded (``_build``), named once here.
+LossMode = Literal["ghcl", "softmax", "bce"]
+Harmonize = Literal["none", "norm"]
+ExpressiveInit = Literal["light", "cold"]
+Launcher = Literal["local", "pytorchjob"]
+KfpMode = Literal["local", "cluster"]
+SensorMode = Literal["poke", "reschedule"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """How ``hap ingest`` brings real impression logs into the contract (``hap.ingest``: the retriever
+    """How ``hap ingest`` brings real impression logs into the contract (``samples.ingest``: the retriever
     that builds ``rank``/``prerank`` negatives, the statistics behind derived features).
 
     A day's requests are processed in time-ordered chunks (at most ``chunk_requests`` requests
@@ -115,7 +123,7 @@ class IngestConfig:
     stats_window_days: int = 7  # popularity and item_ctr_7d: impressions and clicks over this many days back
     user_window_days: int = 30  # activity_days and follow_count: this many earlier days
     ctr_prior_impressions: float = 10.0  # item_ctr_7d shrinks toward the window's mean CTR with this weight
-    defaults: dict[str, Any] = field(default_factory=dict)  # feature -> value: overrides hap.ingest.DEFAULTS
+    defaults: dict[str, Any] = field(default_factory=dict)  # feature -> value: overrides samples.ingest.DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -158,10 +166,10 @@ class LossConfig:
     ``harmonize`` adds the paper's gradient harmonization across the source groups (GHCL mode only).
     """
 
-    mode: str = "ghcl"
+    mode: LossMode = "ghcl"
     # "norm": before each step, rescale every source's InfoNCE term so its gradient on the shared
     # (non-embedding) layers has the sources' mean norm — gradient harmonization; "none": the weights alone.
-    harmonize: str = "none"
+    harmonize: Harmonize = "none"
     temperature: float = 1.0
     bce_weight: float = 1.0
     source_weights: dict[str, float] = field(
@@ -183,7 +191,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     monitor_every: int = 25  # gradient-conflict monitor period in steps; 0 turns it off
-    device: str = "auto"  # auto: this worker's GPU when there is one, else cpu
+    device: str = "auto"  # auto: this worker's GPU when there is one, else cpu; or "cpu", "cuda", "cuda:N"
     shard_requests: int = 2048  # requests per streamed shard: bounds training memory whatever the day's size
 
 
@@ -195,7 +203,7 @@ class ExpressiveRecipe:
     samples it sees — the hard ones (DAMR), or all four with ``expressive_loss`` weights that
     emphasize the hard ones."""
 
-    init: str = "light"
+    init: ExpressiveInit = "light"
     sources: tuple[str, ...] = ("expose", "rank")
 
 
@@ -206,7 +214,7 @@ class TrainJobConfig:
     PyTorchJob (Training Operator) of ``workers`` pods × ``nproc_per_node`` ranks running the same
     entry point, reading and writing the workspace volume ``workspace_pvc``."""
 
-    launcher: str = "local"  # local | pytorchjob
+    launcher: Launcher = "local"
     processes: int = 1
     max_restarts: int = 2  # torchrun restarts the group this often after a worker dies
     workers: int = 2
@@ -277,11 +285,25 @@ class KfpConfig:
     ``cluster``: the compiled package submitted to a Kubeflow Pipelines API at ``host``, artifacts
     under ``pipeline_root`` (an fsspec URL such as ``s3://bucket/hap`` or ``file:///shared/hap``)."""
 
-    mode: str = "local"
+    mode: KfpMode = "local"
     host: str = ""
     pipeline_root: str = ""
     experiment: str = "hap-daily"
     timeout_s: int = 6 * 3600
+
+
+@dataclass(frozen=True)
+class OrchestrationConfig:
+    """How the daily DAG waits, retries and alerts (read when the DAG file is parsed), and which gate
+    policy judges a run. Each field has an environment override (``ENV_OVERRIDES``) for the
+    scheduler's environment and tests; ``gate_policy`` empty: the shipped ``configs/gate_policy.yaml``."""
+
+    retry_delay_s: int = 300  # first retry delay of a failed task (exponential backoff after it)
+    sensor_poke_s: int = 300  # the partition sensor re-checks this often
+    sensor_timeout_s: int = 12 * 3600  # then it fails and alerts
+    sensor_mode: SensorMode = "reschedule"  # reschedule frees the worker slot between pokes
+    run_deadline_h: float = 6.0  # a run still going this long after it was queued alerts; 0 turns it off
+    gate_policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -305,6 +327,7 @@ class HapConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     kfp: KfpConfig = field(default_factory=KfpConfig)
     job: TrainJobConfig = field(default_factory=TrainJobConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -322,10 +345,19 @@ class HapConfig:
 
     @classmethod
     def from_env(cls) -> HapConfig:
-        """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults: every entry point's config."""
+        """``$HAP_CONFIG`` (YAML) if set, else the embedded defaults, then the environment overrides
+        of ``ENV_OVERRIDES``: every entry point's config."""
         import os
 
-        return cls.load(os.environ.get("HAP_CONFIG") or None)
+        cfg = cls.load(os.environ.get("HAP_CONFIG") or None)
+        for var, (section, name) in ENV_OVERRIDES.items():
+            raw = os.environ.get(var)
+            if raw:
+                part = getattr(cfg, section)
+                kind = typing.get_type_hints(type(part))[name]
+                values = dataclasses.asdict(part) | {name: kind(raw) if kind in (int, float) else raw}
+                cfg = dataclasses.replace(cfg, **{section: _build(type(part), values)})
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path | None) -> HapConfig:
@@ -335,6 +367,17 @@ class HapConfig:
         import yaml
 
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+# Environment variables that override one field each (the scheduler's environment, tests).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "HAP_RETRY_DELAY_S": ("orchestration", "retry_delay_s"),
+    "HAP_SENSOR_POKE_S": ("orchestration", "sensor_poke_s"),
+    "HAP_SENSOR_TIMEOUT_S": ("orchestration", "sensor_timeout_s"),
+    "HAP_SENSOR_MODE": ("orchestration", "sensor_mode"),
+    "HAP_RUN_DEADLINE_H": ("orchestration", "run_deadline_h"),
+    "HAP_GATE_POLICY": ("orchestration", "gate_policy"),
+}
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
@@ -351,6 +394,10 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
             kwargs[name] = _build(hint, value)
         elif typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
+        elif typing.get_origin(hint) is Literal:
+            if value not in typing.get_args(hint):
+                raise ValueError(f"{cls.__name__}.{name} must be one of {list(typing.get_args(hint))}, got {value!r}")
+            kwargs[name] = value
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -62,6 +62,11 @@ def partition_dir(root: str | Path, table: str, ds: str) -> Path:
     return Path(root) / table / f"ds={ds}"
 
 
+def partition_ready(root: str | Path, ds: str) -> bool:
+    """Both tables of the day have landed (partitions are written atomically: present = complete)."""
+    return all((partition_dir(root, t, ds) / "part-0.parquet").exists() for t in ("requests", "candidates"))
+
+
 def write_partition(root: str | Path, table: str, ds: str, data: pa.Table) -> Path:
     """Write one day's table atomically, replacing any earlier write of the same day (idempotent)."""
     out = partition_dir(root, table, ds)

@@ -138,6 +138,7 @@ class HapTwoStageHandler:
             answers, times = self.scorer.score_batch(reqs)
             metrics.observe("light", times.light_ms)
             metrics.observe("expressive", times.expressive_ms)
+            metrics.count("HapBatchedRequests", len(reqs))
             return answers
         except Exception:
             log.exception("scoring a batch of %d failed; scoring its requests one by one", len(reqs))

@@ -63,6 +63,10 @@ class FeatureSpec:
         """Non-sequence features of one side, in spec order (the model's column order)."""
         return tuple(f for f in self.features if f.side == side and f.kind != "sequence")
 
+    def columns(self, side: Side) -> tuple[Feature, ...]:
+        """Every feature of one side, sequences included: the columns a request carries for it."""
+        return tuple(f for f in self.features if f.side == side)
+
     @property
     def sequence(self) -> Feature:
         return next(f for f in self.features if f.kind == "sequence")

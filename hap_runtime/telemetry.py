@@ -14,6 +14,8 @@ declared in ``serving/metrics.yaml`` (in prometheus mode TorchServe drops undecl
 - ``HapRequestErrors{ErrorKind}``: every rejected or failed request, by kind.
 - ``HapCandidatesScored`` / ``HapCandidatesRouted`` / ``HapDuplicates``: candidate counters.
 - ``HapBatchRequests``: requests in the last batch (gauge).
+- ``HapBatchedRequests``: valid requests scored in one-pass batches (counter); one light pass per
+  such batch, so over ``HapLatencyMs_count{stage="light"}`` it is the mean batch size.
 """
 
 from __future__ import annotations

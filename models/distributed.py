@@ -1,5 +1,5 @@
-"""DDP plumbing and the training entry point that ``torchrun`` (here) and a Kubeflow PyTorchJob (on a
-cluster) both launch: ``python -m torch.distributed.run … -m models.distributed --prepared …``.
+"""DDP plumbing: where this process sits in the job, the process group, a few collectives.
+The entry point ``torchrun`` and a PyTorchJob launch is ``models.worker``.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR for each worker and restarts the whole
 group when one dies (``--max-restarts``); workers then resume from rank 0's last checkpoint.
@@ -7,8 +7,6 @@ group when one dies (``--max-restarts``); workers then resume from rank 0's last
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 from dataclasses import dataclass
 
@@ -95,29 +93,3 @@ def all_sum(ctx: DistContext, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.distributed", description="Train one HAP model (a DDP rank).")
-    p.add_argument("--prepared", required=True, help="prepare step's output folder (train/ shards)")
-    p.add_argument("--which", choices=("light", "expressive"), required=True)
-    p.add_argument("--config", required=True, help="HapConfig JSON file")
-    p.add_argument("--out", required=True, help="model folder, written by rank 0")
-    p.add_argument("--checkpoint", default="", help="checkpoint file (default: <out>.ckpt)")
-    p.add_argument("--init", default="", help="light model folder to warm-start the expressive model from")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Worker entry point: train one model on the prepared shards; rank 0 writes the model."""
-    from hap.config import HapConfig
-    from models.steps import train_worker
-
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(message)s")
-    cfg = HapConfig.from_json(open(args.config).read())
-    train_worker(args.prepared, args.which, cfg, args.out, args.checkpoint or None, init_dir=args.init)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,43 +18,20 @@ Every compared figure carries a paired-bootstrap 95% interval over held-out requ
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from hap import HARD_SOURCES
+from hap.config import HapConfig
+from hap.workspace import write_json_atomic
+from hap_runtime.nets import load_model
 from models.data import EncodedData
-from models.metrics import slice_aucs
-
-HARD = HARD_SOURCES
-
-
-def serving_set(table, held: EncodedData) -> EncodedData:
-    """The serving view of held-out requests: their user side from ``held``, every retrieved
-    candidate of the ``eval_candidates`` table (Arrow) encoded, ``label`` = p(click). Candidates
-    are in retrieval order; requests missing from ``held`` are dropped."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from hap_runtime.encode import encode_side
-    from hap_runtime.spec import DEFAULT_SPEC
-    from models.data import _columns
-
-    where = {r: i for i, r in enumerate(held.request_ids)}
-    keep = pc.is_in(table["request_id"], value_set=pa.array(held.request_ids.tolist(), pa.string()))
-    table = table.filter(keep).sort_by([("request_id", "ascending"), ("retrieval_pos", "ascending")])
-    ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
-    uniq, req = np.unique(ids, return_inverse=True)
-    rows = np.array([where[r] for r in uniq], dtype=np.int64)
-    return EncodedData(
-        request_ids=uniq,
-        user_x=held.user_x[rows],
-        seq=held.seq[rows],
-        item_x=encode_side(_columns(table, DEFAULT_SPEC, "item"), DEFAULT_SPEC, "item").numpy(),
-        req=req.astype(np.int64),
-        source=np.full(len(ids), -1, dtype=np.int64),
-        label=table["p_click"].to_numpy().astype(np.float32),
-    )
+from models.metrics import flops_per_request, pair_metrics, paired_bootstrap, predict, slice_aucs
+from models.prepare import HOLDOUT_DIR, MANIFEST_FILE, SERVING_DIR
+from models.stream import read_shards, shard_files
 
 
 def padded(values: np.ndarray, offsets: np.ndarray, fill: float) -> np.ndarray:
@@ -150,8 +127,8 @@ class _Slices:
 def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, n_boot: int) -> tuple[dict, dict]:
     """Light and expressive on the expressive model's scope (positives + hard negatives), their
     paired differences, and the differences' 95% intervals (requests resampled)."""
-    light = slice_aucs(s_light, data, HARD)
-    expr = slice_aucs(s_expr, data, HARD)
+    light = slice_aucs(s_light, data, HARD_SOURCES)
+    expr = slice_aucs(s_expr, data, HARD_SOURCES)
     metrics: dict[str, float] = {}
     keys = [k for k in expr if k.startswith("auc.")]
     for k in expr:
@@ -165,7 +142,7 @@ def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, 
     for _ in range(n_boot):
         rows, _ = data.candidate_rows(np.sort(rng.integers(0, data.n_requests, data.n_requests)))
         sub = _Slices(data.label[rows], data.source[rows])  # slice AUCs need only labels and sources
-        a, b = slice_aucs(s_expr[rows], sub, HARD), slice_aucs(s_light[rows], sub, HARD)
+        a, b = slice_aucs(s_expr[rows], sub, HARD_SOURCES), slice_aucs(s_light[rows], sub, HARD_SOURCES)
         for k in keys:
             deltas[k].append(a[k] - b[k])
     intervals = {
@@ -178,7 +155,6 @@ def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, 
 def _score_top(light_model, expr_model, data: EncodedData, top: int) -> tuple[np.ndarray, np.ndarray]:
     """Light scores for every candidate; expressive scores only for each request's light top
     ``top`` (the only ones any K of the grid routes), ``-inf`` elsewhere."""
-    from models.metrics import predict
 
     s_light = predict(light_model, data)
     s_expr = np.full(len(s_light), -np.inf)
@@ -202,7 +178,6 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
     ``routing.k`` when selection is off) is judged as is. Returns (metrics, intervals, routing,
     per-request system metric at the K served).
     """
-    from models.metrics import flops_per_request, pair_metrics, predict
 
     ev = cfg.eval
     s_l, s_e = predict(light_model, holdout), predict(expr_model, holdout)
@@ -246,3 +221,44 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
     intervals["system.lift"] = row["lift_ci95"]
     routing = {**choice, "view": view, "n": n, "m": m, "uniform_expressive_flops": uniform, "curve": curve}
     return metrics, intervals, routing, captured_share(light_s, expr_s, gain, choice["k"], m)
+
+
+def evaluate(
+    prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str
+) -> dict:
+    """Score candidate and production models on the same held-out requests of the run's day, choose
+    the candidate's K (``models.evaluation``), and compare with production at its own K."""
+    prepared = Path(prepared_dir)
+    holdout = read_shards(shard_files(prepared / HOLDOUT_DIR), cfg.eval.max_holdout_requests)
+    serving_files = shard_files(prepared / SERVING_DIR)
+    serving = read_shards(serving_files) if serving_files else None
+    light, expressive = load_model(light_dir), load_model(expressive_dir)
+    metrics, intervals, routing, per_request = assess(light, expressive, holdout, serving, cfg)
+    result = {
+        "holdout": json.loads((prepared / MANIFEST_FILE).read_text()),
+        "eval": {
+            "k": cfg.eval.k,
+            "m": cfg.eval.m,
+            "view": routing["view"],
+            "n": routing["n"],
+            "m_serving": routing["m"],
+        },
+        "candidate": metrics,
+        "candidate_ci95": intervals,
+        "routing": routing,
+        "production": None,
+    }
+    if production_dir:
+        prod = Path(production_dir)
+        prod_models = (load_model(prod / "light"), load_model(prod / "expressive"))
+        prod_eval = prod / "evaluation.json"
+        prod_k = json.loads(prod_eval.read_text()).get("routing", {}).get("k") if prod_eval.exists() else None
+        prod_k = cfg.routing.k if prod_k is None else int(prod_k)
+        p_metrics, _, _, p_per_request = assess(*prod_models, holdout, serving, cfg, k=prod_k)
+        result["production"] = p_metrics
+        deltas = paired_bootstrap((light, expressive), prod_models, holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap)
+        deltas = {key.replace("system.", "logged."): v for key, v in deltas.items()}
+        deltas["system.value"] = bootstrap_mean_ci(per_request - p_per_request, cfg.eval.bootstrap)
+        result["delta_ci95"] = deltas
+    write_json_atomic(Path(out_path), result)
+    return result

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from hap import SOURCES
+from hap import HARD_SOURCES, SOURCES
 from hap_runtime.nets import PreRanker
 from models.data import EncodedData
 
@@ -116,9 +116,6 @@ def flops_per_request(light: PreRanker, expressive: PreRanker | None, n: int, k:
     return {"light": float(light_f), "expressive": float(expr_f), "total": float(light_f + expr_f)}
 
 
-HARD = ("expose", "rank")
-
-
 def evaluate_pair(light: PreRanker, expressive: PreRanker, data: EncodedData, k: int, m: int) -> dict[str, float]:
     """Flat metric names the gate policy refers to: ``light.auc.rank``, ``system.recall_at_m`` …"""
     return pair_metrics(predict(light, data), predict(expressive, data), data, k, m)
@@ -128,7 +125,7 @@ def pair_metrics(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, k: 
     metrics: dict[str, float] = {}
     metrics.update({f"light.{k_}": v for k_, v in slice_aucs(s_light, data).items()})
     metrics["light.gauc"] = gauc(s_light, data)
-    metrics.update({f"expressive.{k_}": v for k_, v in slice_aucs(s_expr, data, HARD).items()})
+    metrics.update({f"expressive.{k_}": v for k_, v in slice_aucs(s_expr, data, HARD_SOURCES).items()})
     metrics.update({f"system.{k_}": v for k_, v in two_stage_recall(s_light, s_expr, data, k, m).items()})
     return metrics
 
@@ -165,6 +162,8 @@ def paired_bootstrap(
 
 def _bootstrapped(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, k: int, m: int) -> dict[str, float]:
     out = {f"light.{k_}": v for k_, v in slice_aucs(s_light, data).items() if k_.startswith("auc.")}
-    out.update({f"expressive.{k_}": v for k_, v in slice_aucs(s_expr, data, HARD).items() if k_.startswith("auc.")})
+    out.update(
+        {f"expressive.{k_}": v for k_, v in slice_aucs(s_expr, data, HARD_SOURCES).items() if k_.startswith("auc.")}
+    )
     out["system.recall_at_m"] = two_stage_recall(s_light, s_expr, data, k, m)["recall_at_m"]
     return out

@@ -22,6 +22,7 @@ from hap_runtime.spec import FeatureSpec
 from models.data import Batch, EncodedData
 from models.distributed import DistContext, all_sum, barrier, pick_device
 from models.losses import hap_loss
+from models.metrics import predict, slice_aucs
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ def stopped(history: dict, patience: int) -> bool:
 
 def validation_score(model: PreRanker, valid: EncodedData) -> float:
     """Mean over the sources present of the AUC of positives vs that source's negatives."""
-    from models.metrics import predict, slice_aucs
-
     present = tuple(s for i, s in enumerate(SOURCES) if bool((valid.source == i).any()))
     aucs = slice_aucs(predict(model, valid), valid, present)
     values = [aucs[f"auc.{s}"] for s in present if not np.isnan(aucs[f"auc.{s}"])]

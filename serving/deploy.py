@@ -24,10 +24,10 @@ import numpy as np
 
 from hap.config import HapConfig
 from hap.contract import read_partition
-from hap.registry import Registry
 from hap.workspace import Workspace, write_json_atomic
 from hap_runtime.shadow import CONFIG_FILE as SHADOW_FILE
 from hap_runtime.spec import DEFAULT_SPEC
+from registry.store import Registry
 from serving.archive import archive_answers, build_archive, extract_archive, mar_name
 from serving.errors import DeployFailed, ServingError
 from serving.server import LocalTorchServe
@@ -41,7 +41,7 @@ def sample_request(data_root: str | Path, ds: str, n_candidates: int = 1000, see
     reqs = read_partition(data_root, "requests", ds)
     cands = read_partition(data_root, "candidates", ds)
     user_row = reqs.slice(int(rng.integers(reqs.num_rows)), 1).to_pylist()[0]
-    user_names = [f.name for f in DEFAULT_SPEC.features if f.side == "user"]
+    user_names = [f.name for f in DEFAULT_SPEC.columns("user")]
     item_names = [f.name for f in DEFAULT_SPEC.side("item")]
     _, first = np.unique(cands["item_id"].to_numpy(), return_index=True)
     pick = rng.permutation(first)[:n_candidates]

@@ -300,9 +300,9 @@ class LocalTorchServe:
         return self._call("management", method, f"{self.management_url}{path}", timeout=120, **kw)
 
     def predict(
-        self, body: Any, version: str | None = None, timeout: float = 60, retries: int = 4
+        self, body: Any, version: str | None = None, timeout: float | None = None, retries: int = 4
     ) -> requests.Response:
-        """POST a request; up to ``retries`` times more after a transient failure, backing off about
+        """POST a request (``timeout``: the server's ``response_timeout_s`` unless given); up to ``retries`` times more after a transient failure, backing off about
         0.2 s, 0.4 s, 0.8 s... with jitter (4 retries wait ~3 s in all: a restarting worker's load
         time); a second "Worker died." is final. The response carries ``hap_attempts``."""
         path = f"/predictions/{MODEL_NAME}" + (f"/{version}" if version else "")
@@ -313,7 +313,7 @@ class LocalTorchServe:
         died = 0
         for attempt in range(retries + 1):
             resp = self._call("inference", "POST", f"{self.inference_url}{path}", data=data, headers=headers,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout or self.cfg.response_timeout_s)  # fmt: skip
             resp.hap_attempts = attempt + 1  # type: ignore[attr-defined]
             kind = transient_failure(resp)
             died += kind == "worker_died"

@@ -63,7 +63,7 @@ def session_dir() -> Path:
 def small_sim():
     """A small world: quick to build, same cascade."""
     from hap.config import SimConfig
-    from hap.simulator import CascadeSimulator
+    from samples.simulator import CascadeSimulator
 
     return CascadeSimulator(SimConfig(n_users=1500, n_items=6000))
 
@@ -173,8 +173,8 @@ def _simulated_workspace(root: Path, start: str, days: int):
     """A workspace with ``days`` simulated days (1,000 requests each) from ``start``. Afterwards its
     TorchServe is stopped and ``HAP_HOME`` restored (``run_day`` points it at the workspace)."""
     from hap.config import SimConfig
-    from hap.simulator import CascadeSimulator
     from hap.workspace import Workspace
+    from samples.simulator import CascadeSimulator
     from serving.server import LocalTorchServe
 
     ws = Workspace(root)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hap.airflow_local import StandaloneAirflow
-from hap.registry import Registry
+from registry.store import Registry
+from workflow.airflow_local import StandaloneAirflow
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,10 @@ def test_three_day_backfill_through_a_real_scheduler(tmp_path, free_port_block, 
             runs = airflow.wait_for_runs("hap_daily", 3, timeout=1500)
         finally:
             airflow.stop()
-    assert sorted((r["logical_date"][:10], r["state"]) for r in runs) == [(d, "success") for d in DAYS]
+        log = airflow.home / "standalone.log"  # scheduler and task logs: the why of a failed run
+        log_tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else "(no log)"
+    states = sorted((r["logical_date"][:10], r["state"]) for r in runs)
+    assert states == [(d, "success") for d in DAYS], f"{states}\n--- standalone.log (tail) ---\n{log_tail}"
     assert all(r["run_id"].startswith("backfill__") for r in runs)
     by_start = sorted(runs, key=lambda r: r["start_date"])
     assert [r["logical_date"][:10] for r in by_start] == DAYS  # oldest first

@@ -1,7 +1,7 @@
 """The CLI wires the same library functions: simulate and validate from the command line."""
 
-from hap.cli import main
 from hap.contract import partition_dir
+from workflow.cli import main
 
 
 def test_simulate_then_validate(tmp_path, monkeypatch, capsys):
@@ -19,7 +19,7 @@ def test_simulate_then_validate(tmp_path, monkeypatch, capsys):
 
 def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, capsys):
     """A refused step or an unknown version is an error message, not a traceback."""
-    from hap.cli import main
+    from workflow.cli import main
 
     home = str(tmp_path / "ws")
     assert main(["--home", home, "deploy", "--ds", "2026-11-22", "--version", "20990101.7"]) == 1
@@ -41,7 +41,7 @@ def _hap(home, *args: str):
     import sys
 
     env = {**os.environ, "HAP_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "hap.cli", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "workflow.cli", *args], env=env, capture_output=True, text=True)
 
 
 def test_run_day_on_a_historical_date_runs_its_tasks(tmp_path, small_sim):
@@ -67,5 +67,5 @@ def test_run_day_on_a_historical_date_runs_its_tasks(tmp_path, small_sim):
 
 def test_run_day_without_data_is_a_clear_error(tmp_path):
     proc = _hap(tmp_path / "ws", "run-day", "--ds", "2019-11-12")
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr[-3000:]
     assert "no data for ds=2019-11-12" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -22,3 +22,27 @@ def test_config_file_overrides_only_given_keys(tmp_path):
     cfg = HapConfig.load(path)
     assert cfg.window_days == 2 and cfg.train.epochs == 1
     assert cfg.train.lr == HapConfig().train.lr
+
+
+def test_modes_are_checked_when_a_config_loads():
+    for section, key, bad in (("kfp", "mode", "clustr"), ("light_loss", "mode", "infonce"), ("job", "launcher", "ssh"),
+                              ("light_loss", "harmonize", "pcgrad"), ("orchestration", "sensor_mode", "sleep")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{key} must be one of"):
+            HapConfig.from_dict({section: {key: bad}})
+
+
+def test_the_dag_knobs_are_typed_config_with_documented_environment_overrides(monkeypatch):
+    from hap.config import ENV_OVERRIDES
+
+    monkeypatch.delenv("HAP_CONFIG", raising=False)
+    for var in ENV_OVERRIDES:
+        monkeypatch.delenv(var, raising=False)
+    assert HapConfig.from_env().orchestration.sensor_poke_s == 300
+    monkeypatch.setenv("HAP_SENSOR_POKE_S", "7")
+    monkeypatch.setenv("HAP_RUN_DEADLINE_H", "0.5")
+    monkeypatch.setenv("HAP_GATE_POLICY", "/etc/hap/policy.yaml")
+    orch = HapConfig.from_env().orchestration
+    assert (orch.sensor_poke_s, orch.run_deadline_h, orch.gate_policy) == (7, 0.5, "/etc/hap/policy.yaml")
+    monkeypatch.setenv("HAP_SENSOR_MODE", "sleep")
+    with pytest.raises(ValueError, match="sensor_mode must be one of"):
+        HapConfig.from_env()

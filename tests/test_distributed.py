@@ -12,12 +12,13 @@ import psutil
 import pytest
 import torch
 
-from components.launch import torchrun_command, train, worker_args
+from components.launch import launch_training, torchrun_command, worker_args
 from hap.config import HapConfig, SimConfig
-from hap.simulator import CascadeSimulator
 from hap.workspace import Workspace
 from hap_runtime.nets import WEIGHTS_FILE
-from models.steps import evaluate, prepare
+from models.evaluation import evaluate
+from models.prepare import prepare
+from samples.simulator import CascadeSimulator
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def runs(prepared) -> dict[str, Path]:
     out = {}
     for n in (1, 2):
         out[n] = prepared.parent / f"light-{n}"
-        train(str(prepared), "light", _cfg(n), str(out[n]))
+        launch_training(str(prepared), "light", _cfg(n), str(out[n]))
     return out
 
 

@@ -65,7 +65,7 @@ def tiny_run(tmp_path_factory):
     from hap.workspace import Workspace, write_json_atomic
     from hap_runtime.nets import PreRanker
     from hap_runtime.spec import DEFAULT_SPEC
-    from models.steps import HOLDOUT_DIR, SERVING_DIR, TRAIN_DIR, prepare
+    from models.prepare import HOLDOUT_DIR, SERVING_DIR, TRAIN_DIR, prepare
     from models.stream import read_shards, shard_files
     from models.train import train_model
 
@@ -74,7 +74,7 @@ def tiny_run(tmp_path_factory):
     cfg = HapConfig(window_days=1, sim=sim)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, batch_requests=64))
     ws = Workspace.from_env(str(root))
-    from hap.simulator import CascadeSimulator
+    from samples.simulator import CascadeSimulator
 
     CascadeSimulator(sim).write_days(ws.data, "2026-11-22", 1, 1500)
     write_json_atomic(ws.validation_dir("2026-11-22") / "verdict.json", {"success": True})  # stands in for GX
@@ -97,8 +97,8 @@ def test_prepare_writes_the_serving_set_of_held_out_requests(tiny_run):
 
 
 def test_gate_refuses_a_two_stage_system_worse_than_light_alone(tiny_run):
-    from hap.gate import decide, load_policy
     from models.evaluation import assess
+    from registry.gate import decide, load_policy
 
     cfg, _, light, noise, holdout, serving = tiny_run
     forced = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, select_k=False))

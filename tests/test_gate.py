@@ -1,7 +1,7 @@
 import json
 import math
 
-from hap.gate import Policy, Threshold, decide, gate_run, load_policy
+from registry.gate import Policy, Threshold, decide, gate_run, load_policy
 
 POLICY = Policy(
     {

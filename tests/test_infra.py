@@ -165,3 +165,15 @@ def test_dashboard_and_alerts_query_only_series_the_server_exposes():
     for rule in rules:
         anchor = rule["annotations"]["runbook"].split("#")[1]
         assert f"## {anchor.replace('-', ' ')}" in runbook, anchor
+
+
+@pytest.mark.parametrize("image", ["training", "airflow", "torchserve"])
+def test_every_image_copies_every_package_it_installs(image):
+    """``pip install .`` in an image installs the project's packages: each must be copied in, or a
+    module (e.g. ``hap_runtime``, which every layer builds on) is missing at run time only."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*").split(".")[0] for p in include}
+    copied = set(re.findall(r"^COPY\s+(\w+)\s+\./\1$", _dockerfile(image), re.M))
+    assert packages <= copied, f"{image} image misses {sorted(packages - copied)}"

@@ -18,8 +18,8 @@ import pytest
 from hap import SOURCES
 from hap.config import HapConfig
 from hap.contract import candidates_schema, read_partition, requests_schema
-from hap.ingest import IngestError, ingest, stable_id
 from hap_runtime.spec import DEFAULT_SPEC
+from samples.ingest import IngestError, ingest, stable_id
 
 ROOT = Path(__file__).resolve().parents[1]
 START = dt.datetime(2019, 11, 11, tzinfo=dt.UTC)
@@ -501,7 +501,7 @@ def test_cli_ingest(tmp_path):
     config.write_text((ROOT / "configs" / "real_logs.yaml").read_text())
     env = {**os.environ, "HAP_CONFIG": str(config), "HAP_HOME": str(tmp_path / "ws")}
     env.pop("HAP_DATA", None)
-    cmd = [sys.executable, "-m", "hap.cli", "ingest", "--format", "mind", "--input", str(behaviors), "--seed", "3"]
+    cmd = [sys.executable, "-m", "workflow.cli", "ingest", "--format", "mind", "--input", str(behaviors), "--seed", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "2019-11-12" in done.stdout and "expose" in done.stdout, done.stdout

@@ -28,7 +28,7 @@ from components.launch import (
     worker_args,
 )
 from hap.config import HapConfig, TrainJobConfig
-from models.distributed import parser
+from models.worker import parser
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 
@@ -108,7 +108,7 @@ class _LocalOperator:
         proc = subprocess.run(cmd + container["args"], env=env, capture_output=True, text=True)
         self.jobs[body["metadata"]["name"]]["status"] = {
             "conditions": [{"type": "Succeeded" if proc.returncode == 0 else "Failed", "status": "True",
-                            "message": proc.stdout[-2000:]}]
+                            "message": (proc.stdout + proc.stderr)[-2000:]}]
         }  # fmt: skip
 
     def get_namespaced_custom_object_status(self, group, version, namespace, plural, name):
@@ -117,9 +117,9 @@ class _LocalOperator:
 
 @pytest.mark.slow
 def test_the_kfp_component_path_runs_a_pytorchjob_and_collects_its_model(tmp_path):
-    from hap.simulator import CascadeSimulator
     from hap.workspace import Workspace
-    from models.steps import prepare
+    from models.prepare import prepare
+    from samples.simulator import CascadeSimulator
 
     ws = Workspace(tmp_path / "ws")
     (day,) = CascadeSimulator(HapConfig().sim).write_days(ws.data, "2026-11-22", 1, 300)

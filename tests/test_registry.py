@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hap.registry import Registry
+from registry.store import Registry
 
 
 def _run(tmp_path, name, weights: bytes):

@@ -19,12 +19,12 @@ import requests
 
 from hap.config import HapConfig, ServingConfig, TrainConfig
 from hap.contract import write_partition
-from hap.registry import Registry
 from hap.workspace import Workspace
 from hap_runtime.nets import save_model
 from hap_runtime.spec import DEFAULT_SPEC
 from models.data import encode_tables
 from models.train import train_expressive, train_light
+from registry.store import Registry
 from serving.archive import archive_answers, archive_runtime, build_archive, extract_archive, mar_name
 from serving.deploy import clone_version, columnar, deploy, promote_shadow, sample_request, shadow_report
 from serving.server import LocalTorchServe, Ports, transient_failure
@@ -169,7 +169,7 @@ def _cli_for(server: LocalTorchServe):
 
 
 def test_serve_start_on_a_running_server_changes_nothing_and_status_tells_the_truth(ws, server, production, capsys):
-    from hap.cli import main
+    from workflow.cli import main
 
     api_key = lambda: json.loads(server.keys.path.read_text())["API"]["key"]  # noqa: E731 - changes only on a restart
     before = (server.pid(), server.keeper_pid(), api_key())
@@ -183,6 +183,41 @@ def test_serve_start_on_a_running_server_changes_nothing_and_status_tells_the_tr
     assert status["keeper_pid"] == server.keeper_pid() and status["pid"] == server.pid()
     workers = [w for v in status["versions"].values() for w in v["workers"]]
     assert len(workers) == len(status["memory_mb"]["workers"]) and all(w["status"] == "READY" for w in workers)
+
+
+AUTH_REFUSED = 400
+"""TorchServe 0.12 refuses a missing, wrong or expired token with 400 ``InvalidKeyException`` (its
+``InvalidKeyException`` is a ``ModelException``, which the frontend answers 400), never 401."""
+
+
+def _refused_by_auth(r: requests.Response) -> bool:
+    json_body = r.headers.get("content-type", "").startswith("application/json")
+    return r.status_code == AUTH_REFUSED and json_body and r.json().get("type") == "InvalidKeyException"
+
+
+def test_inference_api_answers_a_valid_request_only_with_the_inference_key(ws, server, production):
+    """The same valid request, refused by TorchServe's token auth (not by our parser) without a token,
+    with a wrong one, with the management key and with the API key; answered with the inference key."""
+    body = sample_request(ws.data, DS, 50)
+    url = f"{server.inference_url}/predictions/hap"
+    keys = json.loads(server.keys.path.read_text())
+    for name, headers in (
+        ("no token", {}),
+        ("wrong token", {"Authorization": "Bearer not-the-key"}),
+        ("management key", {"Authorization": f"Bearer {keys['management']['key']}"}),
+        ("API key", {"Authorization": f"Bearer {keys['API']['key']}"}),
+    ):
+        r = requests.post(url, json=body, headers=headers, timeout=30)
+        assert _refused_by_auth(r), (name, r.status_code, r.text[:300])
+    r = requests.get(f"{server.management_url}/models", timeout=30)  # the management API too
+    assert _refused_by_auth(r), ("management API without a token", r.status_code, r.text[:300])
+    for _ in range(3):  # the keeper may renew the key between reading it and using it: then use the new one
+        key = server.keys.key("inference")
+        r = requests.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        if r.status_code == 200 or server.keys.key("inference") == key:
+            break
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    assert r.json()["model_version"] == production and r.json()["n_candidates"] == 50
 
 
 def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, free_port_block):
@@ -200,7 +235,7 @@ def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, fr
         stale = server.keys.key("inference")
         time.sleep(max(0.0, server.keys.expires_at("inference") - time.time()) + 1)
         r = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {stale}"}, timeout=5)
-        assert r.status_code in (400, 401) and "InvalidKeyException" in r.text
+        assert _refused_by_auth(r), (r.status_code, r.text[:300])
         status = _twin(server).status()
         assert status["running"] and status["keeper_pid"] is None
         assert status["healthy"]  # the client renewed the expired key and pinged with the new one
@@ -214,12 +249,16 @@ def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, fr
 def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production, bad_requests):
     """Every kind of bad body (deep nesting, 5,000-digit integers, oversized, wrong types...) sent
     concurrently with valid requests: every valid one is answered exactly as when sent alone, every bad
-    one gets its own 4xx naming field and kind, and the errors are counted by kind."""
+    one gets its own 4xx naming field and kind, the errors are counted by kind, and the workers' own
+    counts show batches that held several requests."""
     from hap_runtime.config import RoutingConfig
 
     valid = [sample_request(ws.data, DS, 400, seed=s) for s in range(4)]
     valid.append(columnar(valid[0]))
     alone = [server.predict(b).json() for b in valid]
+    version = server.default_version()
+    time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
+    before = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
     cases = bad_requests(valid[0], RoutingConfig())
     jobs = [("valid", i, b) for i, b in enumerate(valid)] * 6 + [("bad", i, c[1]) for i, c in enumerate(cases)] * 2
     jobs.append(("text", 0, json.dumps(valid[1])))
@@ -251,12 +290,17 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
             assert (r.json()["field"], r.json()["kind"]) == (field, err_kind), name
     time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
     metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    version = server.default_version()
+    assert server.default_version() == version
     for kind in {c[3] for c in cases}:
         assert f'HapRequestErrors{{ModelName="hap",Level="Model",version="{version}",ErrorKind="{kind}"' in metrics
-    batches = _metric(metrics, "HapLatencyMs_count", version, stage="light")
-    scored = _metric(metrics, "HapLatencyMs_count", version, stage="request")
-    assert batches < scored, "no batch ever held more than one request"
+    # Batching, from the workers' own counts over the concurrent phase only: the valid requests that
+    # went into one-pass batches, and those batches (one light pass each). Scored one by one, they
+    # would be equal; more requests than batches means some batch held several requests.
+    batches = _metric(metrics, "HapLatencyMs_count", version, stage="light") - _metric(
+        before, "HapLatencyMs_count", version, stage="light")  # fmt: skip
+    batched = _metric(metrics, "HapBatchedRequests", version) - _metric(before, "HapBatchedRequests", version)
+    assert batched == sum(kind in ("valid", "text") for kind, _, _ in jobs), (batched, batches)  # each counted once
+    assert 0 < batches < batched, f"no batch held more than one request: {batches:.0f} batches, {batched:.0f} requests"
     assert f'HapLatencyMs_bucket{{ModelName="hap",Level="Model",version="{version}",stage="request",le="1"' in metrics
 
 
@@ -380,9 +424,8 @@ def test_archive_serves_with_its_own_code_in_an_environment_holding_only_torch(w
     site = _torch_only_site(tmp_path / "site")
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site)}
     probe = "import importlib.util as u; print([m for m in ('hap', 'models', 'serving', 'numpy', 'msgspec') if u.find_spec(m)])"
-    seen = subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=model_dir, capture_output=True, text=True,
-                          check=True)  # fmt: skip
-    assert seen.stdout.strip() == "[]", seen.stdout
+    seen = subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=model_dir, capture_output=True, text=True)
+    assert seen.returncode == 0 and seen.stdout.strip() == "[]", (seen.stdout, seen.stderr[-3000:])
     clean = archive_runtime(model_dir, env=env, python_args=("-S",))
     assert clean["decoder"] == "json" and clean["version"] == version
     assert clean["runtime"]["code_sha256"] == json.loads((model_dir / "runtime.json").read_text())["code_sha256"]

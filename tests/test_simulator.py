@@ -91,7 +91,7 @@ FACTORIZED_DAY = "2f7fa1564f1228b61c5dbec0ebdf98bc77fb899fb5b0fd34e2ab6c1e4444ce
 
 def test_beta_zero_reproduces_the_factorized_world_bit_for_bit():
     from hap.config import SimConfig
-    from hap.simulator import CascadeSimulator
+    from samples.simulator import CascadeSimulator
 
     sim = CascadeSimulator(SimConfig(n_users=500, n_items=3000, seed=3, session_beta=0.0))
     assert _digest(sim.simulate_day("2026-11-21", 300)) == FACTORIZED_DAY
@@ -103,7 +103,7 @@ def test_sequence_interaction_keeps_the_ordering_and_the_click_rate():
     """At β > 0 the truth gains structure, but difficulty still comes out of the cascade in the same
     order, and the exposed click rate stays near the factorized world's (threshold recalibrated)."""
     from hap.config import SimConfig
-    from hap.simulator import CascadeSimulator
+    from samples.simulator import CascadeSimulator
 
     rates = {}
     for beta in (0.0, 4.0):

@@ -291,7 +291,7 @@ def test_a_validator_failure_is_an_error_not_a_quarantine(day):
 
 def _hap(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HAP_HOME": str(ws.root)}
-    return subprocess.run([sys.executable, "-m", "hap.cli", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "workflow.cli", *args], env=env, capture_output=True, text=True)
 
 
 def test_cli_exit_codes_and_table(day):
@@ -333,7 +333,7 @@ def test_four_validations_at_once_all_succeed(base, tmp_path):
     shutil.copytree(base.root, jobs[3][0].root)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "hap.cli", "validate", "--ds", ds],
+            [sys.executable, "-m", "workflow.cli", "validate", "--ds", ds],
             env={**os.environ, "HAP_HOME": str(ws.root)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -17,7 +17,7 @@ from typing import Any
 
 from hap.workspace import Workspace
 
-log = logging.getLogger("hap.alerts")
+log = logging.getLogger("workflow.alerts")
 
 RUNBOOK = "docs/runbook.md"
 # What on-call should do first, per failed task (sections of the runbook).
@@ -72,11 +72,14 @@ def deadline_missed(**kwargs: Any) -> None:
     """Airflow deadline callback: the day's run is still not done long after it was queued."""
     context = kwargs.get("context") or {}
     dag_run = context.get("dag_run") if isinstance(context, dict) else None
+    # the scheduler sends the run as DAGRunResponse JSON (a dict: ``dag_run_id``), not a DagRun object
+    run = dag_run if isinstance(dag_run, dict) else {"dag_id": getattr(dag_run, "dag_id", None),
+                                                      "dag_run_id": getattr(dag_run, "run_id", None)}  # fmt: skip
     notify(
         {
             "kind": "deadline_missed",
-            "dag_id": kwargs.get("dag_id") or getattr(dag_run, "dag_id", "hap_daily"),
-            "run_id": getattr(dag_run, "run_id", None),
+            "dag_id": kwargs.get("dag_id") or run.get("dag_id") or "hap_daily",
+            "run_id": run.get("dag_run_id") or run.get("run_id"),
             "hint": f"the daily run is late: check the scheduler and the sensor ({RUNBOOK}#a-late-run)",
         }
     )

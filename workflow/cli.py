@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from hap import SLICES
 from hap.workspace import Workspace
-
-SLICES = ("overall", "expose", "rank", "prerank", "global")
+from serving.errors import DeployFailed, ServingError
+from workflow.airflow_local import NoTaskRan
+from workflow.errors import StepRefused
 
 
 def _ws(args: argparse.Namespace) -> Workspace:
@@ -20,8 +22,9 @@ def _ws(args: argparse.Namespace) -> Workspace:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from hap.config import HapConfig
-    from hap.simulator import CascadeSimulator
+    from samples.simulator import CascadeSimulator
 
     cfg = HapConfig.load(args.config)
     t0 = time.perf_counter()
@@ -35,8 +38,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Real impression logs (generic schema or MIND) into the contract; bad input: one line, exit 1."""
 
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from hap.config import HapConfig
-    from hap.ingest import IngestError, day_summary, ingest
+    from samples.ingest import IngestError, day_summary, ingest
 
     cfg = HapConfig.load(args.config) if args.config else HapConfig.from_env()
     out = Path(args.out) if args.out else _ws(args).data
@@ -57,6 +61,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Exit 0: passed; 1: the data failed (quarantined); 2: the validator failed (nothing judged)."""
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from expectations.validate import (
         EXIT_ERROR,
         EXIT_PASSED,
@@ -79,7 +84,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_step(args: argparse.Namespace) -> int:
-    from hap import flow
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from workflow import flow
 
     ws = _ws(args)
     if args.command == "train":
@@ -96,11 +102,12 @@ def cmd_step(args: argparse.Namespace) -> int:
 
 
 def cmd_run_day(args: argparse.Namespace) -> int:
-    from hap.airflow_local import run_day
-    from hap.flow import StepRefused, partition_ready
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from hap.contract import partition_ready
+    from workflow.airflow_local import run_day
 
     ws = _ws(args)
-    if not args.wait and not partition_ready(args.ds, ws):
+    if not args.wait and not partition_ready(ws.data, args.ds):
         raise StepRefused(
             f"no data for ds={args.ds} under {ws.data} (both requests and candidates partitions are needed); "
             "pass --wait to let the DAG's sensor wait for it"
@@ -111,8 +118,9 @@ def cmd_run_day(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hap.flow import server_for
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from serving.deploy import ensure_serving
+    from workflow.flow import server_for
 
     ws = _ws(args)
     server = server_for(ws)
@@ -145,8 +153,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
-    from hap.flow import load_config, server_for
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from serving.deploy import promote_shadow, shadow_report, stop_shadow
+    from workflow.flow import load_config, server_for
 
     ws = _ws(args)
     server = server_for(ws)
@@ -161,8 +170,9 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from hap.flow import server_for
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from serving.deploy import rollback
+    from workflow.flow import server_for
 
     ws = _ws(args)
     pointer = rollback(ws, server_for(ws), args.reason)
@@ -171,8 +181,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from hap.flow import server_for
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from serving.deploy import columnar, sample_request
+    from workflow.flow import server_for
 
     ws = _ws(args)
     body = sample_request(ws.data, args.ds, args.candidates, seed=args.seed)
@@ -189,11 +200,12 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate → validate → train → gate → package → deploy → a request answered."""
-    from hap.airflow_local import run_day_subprocess
-    from hap.flow import load_config, server_for
-    from hap.registry import Registry
-    from hap.simulator import CascadeSimulator
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from registry.store import Registry
+    from samples.simulator import CascadeSimulator
     from serving.deploy import sample_request
+    from workflow.airflow_local import run_day_subprocess
+    from workflow.flow import load_config, server_for
 
     ws = _ws(args)
     t_start = time.perf_counter()
@@ -337,10 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import logging
     import os
-
-    from hap.airflow_local import NoTaskRan
-    from hap.flow import StepRefused
-    from serving.errors import DeployFailed, ServingError
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -36,8 +36,19 @@ def init_airflow() -> None:
         return
     home.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "airflow", "db", "migrate"]
-    subprocess.run(cmd, env=dict(os.environ), check=True, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`airflow db migrate` exited {proc.returncode}:\n{_cli_output(proc)}")
     marker.touch()
+
+
+def _tail(text: str | None, n: int = 40) -> str:
+    return "\n".join((text or "").splitlines()[-n:])
+
+
+def _cli_output(proc: subprocess.CompletedProcess) -> str:
+    """A failed CLI's stderr and the tail of its stdout, for the error message."""
+    return f"--- stderr (tail) ---\n{_tail(proc.stderr)}\n--- stdout (tail) ---\n{_tail(proc.stdout, 20)}"
 
 
 class NoTaskRan(RuntimeError):
@@ -79,7 +90,7 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]
     env = {**os.environ, **airflow_env(ws)}
     with log_file.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "hap.cli", "run-day", "--ds", ds, "--json"],
+            [sys.executable, "-m", "workflow.cli", "run-day", "--ds", ds, "--json"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=out,
@@ -87,7 +98,11 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]
         )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise RuntimeError(f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}")
+        raise RuntimeError(
+            f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}:\n"
+            f"--- stderr (tail) ---\n{_tail(log_file.read_text(errors='replace'))}\n"
+            f"--- stdout (tail) ---\n{_tail(proc.stdout, 20)}"
+        )
     return json.loads(lines[-1])
 
 
@@ -125,8 +140,7 @@ class StandaloneAirflow:
         cmd = [sys.executable, "-m", "airflow", *args]
         proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
         if check and proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-40:])
-            raise RuntimeError(f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{tail}")
+            raise RuntimeError(f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{_cli_output(proc)}")
         return proc
 
     def start(self, timeout: float = 240) -> None:
@@ -138,15 +152,18 @@ class StandaloneAirflow:
             [sys.executable, "-m", "airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
+        deadline, listed = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
+                log_tail = _tail((self.home / "standalone.log").read_text(errors="replace"))
+                raise RuntimeError(f"airflow standalone exited {self.proc.returncode}; its log ends:\n{log_tail}")
             listed = self.airflow("dags", "list", "-o", "json", check=False)
             if listed.returncode == 0 and '"hap_daily"' in listed.stdout:
                 return
             time.sleep(5)
-        raise RuntimeError(f"airflow standalone did not list hap_daily within {timeout}s")
+        raise RuntimeError(
+            f"airflow standalone did not list hap_daily within {timeout}s:\n{_cli_output(listed) if listed else ''}"
+        )
 
     def backfill(self, dag_id: str, start: str, end: str, conf: dict | None = None) -> None:
         import json

@@ -9,19 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from components.runners import run_cluster, run_local
+from expectations.validate import ValidationFailed, describe, validate_day
 from hap.config import HapConfig
-from hap.registry import Registry
+from hap.contract import partition_dir
 from hap.workspace import Workspace, window_days, write_json_atomic
+from registry.gate import gate_run
+from registry.store import Registry
+from serving.archive import build_archive
+from serving.deploy import deploy as deploy_version
+from serving.deploy import rollback as rollback_version
+from serving.server import LocalTorchServe
+from workflow.errors import StepRefused
 
 log = logging.getLogger(__name__)
-
-
-class StepRefused(RuntimeError):
-    """A step that must not run on this day's state (e.g. packaging a run that failed its gate)."""
 
 
 def load_config(params: dict[str, Any] | None = None) -> HapConfig:
@@ -36,18 +40,8 @@ def load_config(params: dict[str, Any] | None = None) -> HapConfig:
     return cfg
 
 
-def partition_ready(ds: str, ws: Workspace | None = None) -> bool:
-    """Both tables of the day have landed (partitions are written atomically: present = complete)."""
-    from hap.contract import partition_dir
-
-    ws = ws or Workspace.from_env()
-    return all((partition_dir(ws.data, t, ds) / "part-0.parquet").exists() for t in ("requests", "candidates"))
-
-
 def server_for(ws: Workspace, cfg: HapConfig | None = None):
     """The workspace's local TorchServe, run with the configuration's serving settings."""
-    from serving.server import LocalTorchServe
-
     return LocalTorchServe(ws.serving, cfg=(cfg or load_config()).serving)
 
 
@@ -59,9 +53,6 @@ def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None)
     is quarantined too; it is left out of the window (training reads only passed days). A validator
     failure raises ``ValidatorError``: nothing is quarantined, the step may be retried.
     """
-    from expectations.validate import ValidationFailed, describe, validate_day
-    from hap.contract import partition_dir
-
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     summary = {}
     for day in window_days(ds, cfg.window_days)[:-1]:
@@ -76,16 +67,12 @@ def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None)
 
 def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> str:
     """Run the KFP training pipeline for the day's window; returns the day's run directory."""
-    from components.pipeline import run_local
-
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     registry = Registry(ws)
     prod = registry.production()
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
     if cfg.kfp.mode == "cluster":
-        from components.pipeline import run_cluster
-
-        out = run_cluster(cfg.kfp, str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+        out = run_cluster(cfg, str(ws.root), ds, prod_dir, ws.run_dir(ds))
     elif cfg.kfp.mode == "local":
         out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
     else:
@@ -100,28 +87,33 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) ->
     return out["run_dir"]
 
 
-def gate(ds: str, ws: Workspace | None = None) -> dict[str, Any]:
-    from hap.gate import gate_run
-
-    ws = ws or Workspace.from_env()
-    if not (ws.run_dir(ds) / "evaluation.json").exists():
-        raise StepRefused(f"ds={ds} has no evaluation ({ws.run_dir(ds) / 'evaluation.json'}); run `hap train` first")
-    return gate_run(ws.run_dir(ds), os.environ.get("HAP_GATE_POLICY") or None)
-
-
-def package(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> str:
-    """Register the gated run as a version and build its ``.mar`` in the model store."""
-    from serving.archive import build_archive
-
+def gate(
+    ds: str, ws: Workspace | None = None, run_dir: str | Path | None = None, cfg: HapConfig | None = None
+) -> dict[str, Any]:
+    """Judge the day's run (``run_dir``, by default the day's run directory) with the gate policy
+    (``orchestration.gate_policy``, else the shipped one); writes ``decision.json`` + ``decision.md``."""
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
-    decision_file = ws.run_dir(ds) / "decision.json"
+    run_dir = Path(run_dir) if run_dir else ws.run_dir(ds)
+    if not (run_dir / "evaluation.json").exists():
+        raise StepRefused(f"ds={ds} has no evaluation ({run_dir / 'evaluation.json'}); run `hap train` first")
+    return gate_run(run_dir, cfg.orchestration.gate_policy or None)
+
+
+def package(
+    ds: str, ws: Workspace | None = None, run_dir: str | Path | None = None, cfg: HapConfig | None = None
+) -> str:
+    """Register the gated run (``run_dir``, by default the day's) as a version and build its
+    ``.mar`` in the model store."""
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    run_dir = Path(run_dir) if run_dir else ws.run_dir(ds)
+    decision_file = run_dir / "decision.json"
     if not decision_file.exists():
         raise StepRefused(f"ds={ds} has no gate decision ({decision_file}); run `hap train` and `hap gate` first")
     decision = json.loads(decision_file.read_text())
     if not decision["passed"]:
         raise StepRefused(f"ds={ds} did not pass the gate, so it is not packaged: {decision['reason']}")
     registry = Registry(ws)
-    version = registry.register(ds, ws.run_dir(ds))
+    version = registry.register(ds, run_dir)
     build_archive(registry.version_dir(version), version, cfg, server_for(ws, cfg).model_store)
     return version
 
@@ -163,8 +155,6 @@ def deploy(
 ) -> dict[str, Any]:
     """Deploy ``version`` smoked with requests from ``ds``: as the new default, or in ``shadow``
     beside production until promoted."""
-    from serving.deploy import deploy as deploy_version
-
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     promotion_file = ws.run_dir(ds) / "promotion.json"
     why = json.loads(promotion_file.read_text())["reason"] if promotion_file.exists() else "daily deploy"
@@ -174,7 +164,5 @@ def deploy(
 
 def rollback(reason: str, ws: Workspace | None = None) -> dict[str, Any]:
     """Make the previous production version the default again, in TorchServe and the registry."""
-    from serving.deploy import rollback as rollback_version
-
     ws = ws or Workspace.from_env()
     return rollback_version(ws, server_for(ws), reason)

@@ -1,0 +1,120 @@
+"""Prepare step: the day's training window as encoded request shards, plus held-out views.
+
+Reads only days whose validation verdict is "passed". Writes one folder (its layout below), read by
+the training worker (``models.worker``) and the evaluate step (``models.evaluation.evaluate``);
+local paths, KFP artifact paths and mounted volumes alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from hap.config import HapConfig
+from hap.contract import EVAL_TABLE, partition_dir
+from hap.workspace import Workspace, fresh_dir, window_days, write_json_atomic
+from hap_runtime.encode import encode_side
+from hap_runtime.spec import DEFAULT_SPEC
+from models.data import EncodedData, _columns
+from models.stream import read_shards, shard_files, to_table, write_day_shards
+
+log = logging.getLogger(__name__)
+
+# The prepared folder: train/ (window shards), holdout/ and valid/ (hash-splits of ds), serving/
+# (every retrieved candidate of held-out requests, simulation only), manifest.json.
+TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR = "train", "holdout", "valid", "serving"
+MANIFEST_FILE = "manifest.json"
+
+
+class NotTrainable(RuntimeError):
+    """The run's day has no passing validation verdict: refuse to train on it."""
+
+
+def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
+    """Stream the training window ending at ``ds`` into encoded request shards (``train/``) and
+    hold out a hash-split of ``ds``'s requests (``holdout/``), one bounded bucket at a time.
+
+    Only days whose validation verdict is "passed" are read: quarantined days are never trained on.
+    """
+    ws = Workspace.from_env(workspace_root)
+    if ws.validation_status(ds) != "passed":
+        raise NotTrainable(f"ds={ds} has no passing validation verdict ({ws.validation_status(ds)}); not training")
+    out = Path(out_dir)
+    for sub in (TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR):  # a rerun replaces, never appends
+        fresh_dir(out / sub)
+    used, skipped, days = [], {}, []
+    for day in window_days(ds, cfg.window_days):
+        status = ws.validation_status(day)
+        if status != "passed":
+            skipped[day] = status or "not validated"
+            continue
+        holdout = (out / HOLDOUT_DIR, cfg.eval.holdout_fraction) if day == ds else None
+        valid = (out / VALID_DIR, cfg.train.valid_fraction) if day == ds and cfg.train.valid_fraction > 0 else None
+        days.append(
+            write_day_shards(
+                ws.data, day, DEFAULT_SPEC, cfg.label, out / TRAIN_DIR, cfg.train.shard_requests, holdout, valid
+            )
+        )
+        used.append(day)
+    serving_requests = write_serving_set(ws.data, ds, out, cfg.eval.max_serving_requests)
+    manifest = {
+        "ds": ds,
+        "days": used,
+        "skipped_days": skipped,
+        "train_requests": sum(d.requests for d in days),
+        "train_samples": sum(d.samples for d in days),
+        "train_shards": len(shard_files(out / TRAIN_DIR)),
+        "holdout_requests": days[-1].holdout_requests,
+        "holdout_samples": days[-1].holdout_samples,
+        "valid_requests": days[-1].valid_requests,
+        "serving_requests": serving_requests,
+    }
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    if skipped:
+        log.warning("window days skipped (not passed validation): %s", skipped)
+    return manifest
+
+
+def write_serving_set(data_root: Path, ds: str, out: Path, max_requests: int) -> int:
+    """Encode the simulator's ``eval_candidates`` of the held-out requests (every retrieved
+    candidate with p(click)) into ``serving/``; 0 when the day has none (a real log)."""
+    src = partition_dir(data_root, EVAL_TABLE, ds)
+    holdout = shard_files(out / HOLDOUT_DIR)
+    if not src.is_dir() or not holdout or max_requests <= 0:
+        return 0
+    held = read_shards(holdout, max_requests)
+    table = pads.dataset(src, format="parquet").to_table(
+        filter=pads.field("request_id").isin(pa.array(held.request_ids.tolist(), pa.string()))
+    )
+    if table.num_rows == 0:
+        return 0
+    serving = serving_set(table, held)
+    pq.write_table(to_table(serving), fresh_dir(out / SERVING_DIR / f"ds={ds}") / "part-00000.parquet")
+    return serving.n_requests
+
+
+def serving_set(table, held: EncodedData) -> EncodedData:
+    """The serving view of held-out requests: their user side from ``held``, every retrieved
+    candidate of the ``eval_candidates`` table (Arrow) encoded, ``label`` = p(click). Candidates
+    are in retrieval order; requests missing from ``held`` are dropped."""
+    where = {r: i for i, r in enumerate(held.request_ids)}
+    keep = pc.is_in(table["request_id"], value_set=pa.array(held.request_ids.tolist(), pa.string()))
+    table = table.filter(keep).sort_by([("request_id", "ascending"), ("retrieval_pos", "ascending")])
+    ids = np.asarray(table["request_id"].to_pylist(), dtype=str)
+    uniq, req = np.unique(ids, return_inverse=True)
+    rows = np.array([where[r] for r in uniq], dtype=np.int64)
+    return EncodedData(
+        request_ids=uniq,
+        user_x=held.user_x[rows],
+        seq=held.seq[rows],
+        item_x=encode_side(_columns(table, DEFAULT_SPEC, "item"), DEFAULT_SPEC, "item").numpy(),
+        req=req.astype(np.int64),
+        source=np.full(len(ids), -1, dtype=np.int64),
+        label=table["p_click"].to_numpy().astype(np.float32),
+    )
