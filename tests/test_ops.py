@@ -65,11 +65,13 @@ def test_forcing_a_backfill_needs_a_reason_and_records_it(ws, lenient_gate):
 
 
 def test_skip_deploy_trains_gates_and_packages_only(ws, lenient_gate):
-    before = Registry(ws).production()["version"]
+    before = Registry(ws).production()  # None when this test runs alone
     states = run_day(NEW, ws, conf={"skip_deploy": True})
-    assert states["package"] == "success" and states["deploy"] == "skipped"
-    assert json.loads((ws.run_dir(NEW) / "promotion.json").read_text())["reason"].startswith("skip_deploy")
-    assert Registry(ws).production()["version"] == before
+    assert states["package"] == "success" and states["deploy"] == "skipped", states
+    promotion = json.loads((ws.run_dir(NEW) / "promotion.json").read_text())
+    assert promotion["reason"].startswith("skip_deploy") and not promotion["deploy"]
+    assert promotion["version"] in [m["version"] for m in Registry(ws).versions() if m["ds"] == NEW]  # packaged
+    assert Registry(ws).production() == before
 
 
 def test_the_shadow_param_deploys_beside_production(ws, lenient_gate):
