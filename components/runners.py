@@ -13,13 +13,16 @@ import fsspec
 import kfp
 from kfp import local
 
+from components.evaluate import evaluate_op
 from components.pipeline import compile_pipeline, hap_training
+from components.train_expressive import train_expressive_op
+from components.train_light import train_light_op
 from hap.config import HapConfig
 from hap.workspace import fresh_dir
 
 # The pipeline's outputs and the files they become in the day's run directory.
-PUBLISHED = {("train-light-op", "model"): "light", ("train-expressive-op", "model"): "expressive",
-             ("evaluate-op", "evaluation"): "evaluation.json"}  # fmt: skip
+PUBLISHED = {(train_light_op.name, "model"): "light", (train_expressive_op.name, "model"): "expressive",
+             (evaluate_op.name, "evaluation"): "evaluation.json"}  # fmt: skip
 
 
 def publish(sources: dict[str, str], run_dir: str | Path, fs=None) -> dict:
@@ -101,6 +104,7 @@ def run_cluster(cfg: HapConfig, workspace_root: str, ds: str, production_dir: st
         experiment_name=kfp_cfg.experiment,
         pipeline_root=kfp_cfg.pipeline_root,
         enable_caching=False,
+        service_account=cfg.job.service_account,
     )  # fmt: skip
     detail = client.wait_for_run_completion(run.run_id, timeout=kfp_cfg.timeout_s)
     state = str(getattr(detail, "state", "")).upper()

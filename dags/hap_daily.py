@@ -6,10 +6,11 @@ Thin wiring only: every task calls ``workflow.flow``; heavy imports happen insid
 from __future__ import annotations
 
 import datetime as dt
+import typing
 
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, chain, dag, task
 
-from hap.config import HapConfig  # dataclasses only: cheap at parse time
+from hap.config import HapConfig, KfpMode  # dataclasses only: cheap at parse time
 
 DOC = """
 ### HAP daily retraining
@@ -23,7 +24,8 @@ One run per logical day `ds`:
    named in the task log and in `$HAP_HOME/validation/ds=<ds>/verdict.json`.
 2. **train** the light (all sources, GHCL) and expressive (hard sources) models with the KFP
    pipeline `hap-daily-training`; outputs in `$HAP_HOME/runs/ds=<ds>/`.
-3. **gate** on AUC by difficulty slice vs. the production model (`configs/gate_policy.yaml`).
+3. **gate** on AUC by difficulty slice vs. the production model (`orchestration.gate_policy`, by
+   default `configs/gate_policy.yaml`).
    A failed gate skips package and deploy: the serving model stays as it was.
 4. **package** the version (`.mar`, registry version), then **promote** decides whether it may
    replace production: a backfill never demotes a model trained on newer data (unless
@@ -33,13 +35,17 @@ One run per logical day `ds`:
    replacing it; on-call promotes it with `hap shadow promote` (runbook: *Shadow a version*).
 
 Every step is idempotent for its `ds`. Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
-`$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `orchestration.run_deadline_h` (6) hours after it was queued alerts too.
+`$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `orchestration.run_deadline_h`
+hours after it was queued alerts too. `window_days` and `kfp_mode` left empty take `$HAP_CONFIG`'s.
 On-call: `docs/runbook.md` (backfill, rerun one day, inspect a failed validation, roll back).
 """
 
 # Waiting, retries and the deadline come from the typed config (``orchestration``; environment
 # overrides such as ``HAP_RETRY_DELAY_S`` are listed in ``hap.config.ENV_OVERRIDES``).
-ORCH = HapConfig.from_env().orchestration
+CFG = HapConfig.from_env()
+ORCH = CFG.orchestration
+# the train task waits for the KFP run, which has its own limit: give it that plus time to publish
+TRAIN_TIMEOUT = dt.timedelta(seconds=CFG.kfp.timeout_s + 15 * 60)
 
 # A run still going this long after it was queued alerts on-call; 0 turns it off: Airflow 3.3.2's
 # ``dag.test()`` cannot store deadline alerts (the scheduler path can).
@@ -62,13 +68,17 @@ def _alert_on_failure(context) -> None:
 
 
 PARAMS = {
-    "window_days": Param(3, type="integer", minimum=1, maximum=30, description="training window in days"),
+    "window_days": Param(
+        None, type=["null", "integer"], minimum=1, maximum=30, description="training window in days (empty: config)"
+    ),
     "skip_deploy": Param(False, type="boolean", description="train, gate and package, but do not deploy"),
     "force_deploy": Param(
         False, type="boolean", description="deploy even if production was trained on newer data (backfill)"
     ),
     "force_reason": Param("", type="string", maxLength=500, description="required with force_deploy; recorded"),
-    "kfp_mode": Param("local", enum=["local", "cluster"], description="KFP local runner or the cluster API"),
+    "kfp_mode": Param(
+        None, enum=[None, *typing.get_args(KfpMode)], description="KFP local runner or the cluster API (empty: config)"
+    ),
     "shadow": Param(False, type="boolean", description="deploy in shadow beside production; promote it by hand"),
 }
 
@@ -86,10 +96,10 @@ PARAMS = {
     deadline=DEADLINE,
     default_args={
         "owner": "recsys-preranking",
-        "retries": 2,
+        "retries": ORCH.retries,
         "retry_delay": dt.timedelta(seconds=ORCH.retry_delay_s),
         "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(hours=1),
+        "max_retry_delay": dt.timedelta(seconds=ORCH.max_retry_delay_s),
         "execution_timeout": dt.timedelta(hours=1),
         "on_failure_callback": _alert_on_failure,
     },
@@ -124,7 +134,7 @@ def hap_daily():
         except ValidatorError as exc:
             raise RuntimeError(f"VALIDATOR ERROR, not a quarantine (the data was not judged): {exc}") from exc
 
-    @task(execution_timeout=dt.timedelta(hours=3))
+    @task(execution_timeout=TRAIN_TIMEOUT)
     def train(params: dict | None = None, ds: str | None = None) -> str:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 

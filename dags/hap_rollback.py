@@ -12,7 +12,7 @@ from airflow.sdk import Param, dag, task
 DOC = """
 ### HAP rollback
 
-Trigger with a **reason** (required, recorded in `registry/production.json` and `events.jsonl`).
+Trigger with a **reason** (required, recorded in `$HAP_HOME/registry/production.json` and `events.jsonl`).
 Makes the previous production version the default in TorchServe and moves the registry pointer.
 Runbook: `docs/runbook.md#roll-back`.
 """

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hap import HARD_SOURCES, SOURCES
 from hap_runtime.config import ModelConfig, RoutingConfig
 
 # The modes a setting can take: checked when a config is loaded (``_build``), named once here.
@@ -172,9 +173,7 @@ class LossConfig:
     harmonize: Harmonize = "none"
     temperature: float = 1.0
     bce_weight: float = 1.0
-    source_weights: dict[str, float] = field(
-        default_factory=lambda: {"expose": 1.0, "rank": 1.0, "prerank": 1.0, "global": 1.0}
-    )
+    source_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,7 @@ class ExpressiveRecipe:
     emphasize the hard ones."""
 
     init: ExpressiveInit = "light"
-    sources: tuple[str, ...] = ("expose", "rank")
+    sources: tuple[str, ...] = HARD_SOURCES
 
 
 @dataclass(frozen=True)
@@ -221,6 +220,7 @@ class TrainJobConfig:
     nproc_per_node: int = 1
     namespace: str = "kubeflow"
     image: str = "hap-training:0.1.0"
+    service_account: str = "hap-training"  # the KFP run's pods (infra/k8s/training.yaml grants it PyTorchJobs)
     workspace_pvc: str = "hap-workspace"
     workspace_mount: str = "/workspace"
     cpu: str = "2"
@@ -298,7 +298,9 @@ class OrchestrationConfig:
     policy judges a run. Each field has an environment override (``ENV_OVERRIDES``) for the
     scheduler's environment and tests; ``gate_policy`` empty: the shipped ``configs/gate_policy.yaml``."""
 
+    retries: int = 2  # per task (validate: 1, promote and the sensor: 0 — bad data and refusals are not transient)
     retry_delay_s: int = 300  # first retry delay of a failed task (exponential backoff after it)
+    max_retry_delay_s: int = 3600
     sensor_poke_s: int = 300  # the partition sensor re-checks this often
     sensor_timeout_s: int = 12 * 3600  # then it fails and alerts
     sensor_mode: SensorMode = "reschedule"  # reschedule frees the worker slot between pokes
@@ -319,7 +321,9 @@ class HapConfig:
         default_factory=lambda: ModelConfig(mlp_dims=(256, 128, 64, 32), attention=True, attention_dims=(32,))
     )
     light_loss: LossConfig = field(default_factory=LossConfig)
-    expressive_loss: LossConfig = field(default_factory=lambda: LossConfig(source_weights={"expose": 1.0, "rank": 1.0}))
+    expressive_loss: LossConfig = field(
+        default_factory=lambda: LossConfig(source_weights=dict.fromkeys(HARD_SOURCES, 1.0))
+    )
     expressive_recipe: ExpressiveRecipe = field(default_factory=ExpressiveRecipe)
     train: TrainConfig = field(default_factory=TrainConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)

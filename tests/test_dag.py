@@ -89,3 +89,19 @@ def test_dag_file_parses_without_heavy_imports(dag_file):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"{dag_file.name} failed to parse:\n{out.stderr[-3000:]}"
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_empty_params_keep_the_configured_window_and_kfp_mode(bag, tmp_path, monkeypatch):
+    """A run's params override ``$HAP_CONFIG`` only where set: the defaults are empty, so a config that
+    says ``kfp: {mode: cluster}`` is not silently turned back into a local run."""
+    from workflow.flow import load_config
+
+    config = tmp_path / "hap.yaml"
+    config.write_text("window_days: 5\nkfp: {mode: cluster}\n")
+    monkeypatch.setenv("HAP_CONFIG", str(config))
+    params = bag.dags["hap_daily"].params.dump()
+    assert params["window_days"] is None and params["kfp_mode"] is None
+    cfg = load_config(params)
+    assert (cfg.window_days, cfg.kfp.mode) == (5, "cluster")
+    cfg = load_config({**params, "window_days": 2, "kfp_mode": "local"})
+    assert (cfg.window_days, cfg.kfp.mode) == (2, "local")
