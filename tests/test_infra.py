@@ -138,6 +138,11 @@ def test_airflow_compose_uses_postgres_keeps_secrets_out_and_binds_loopback():
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     dockerfile = _dockerfile("airflow")
     assert "-r requirements.lock" in dockerfile and "COPY dags ./dags" in dockerfile
+    # the image installs the project (not editable): the gate policy and the DAGs are named where
+    # they were copied, since the code's own default looks beside the installed package
+    env = dict(re.findall(r"(HAP_\w+)=(\S+)", dockerfile))
+    assert env["HAP_GATE_POLICY"] == "/opt/hap/configs/gate_policy.yaml" and "COPY configs ./configs" in dockerfile
+    assert env["HAP_DAGS_FOLDER"] == "/opt/hap/dags"
 
 
 def test_dashboard_and_alerts_query_only_series_the_server_exposes():

@@ -152,16 +152,18 @@ class StandaloneAirflow:
             [sys.executable, "-m", "airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
+        deadline, listed = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log_tail = _tail((self.home / "standalone.log").read_text(errors="replace"))
                 raise RuntimeError(f"airflow standalone exited {self.proc.returncode}; its log ends:\n{log_tail}")
-            if self._query("SELECT dag_id FROM serialized_dag WHERE dag_id = 'hap_daily'"):
+            listed = self.airflow("dags", "list", "-o", "json", check=False)
+            if listed.returncode == 0 and '"hap_daily"' in listed.stdout:
                 return
-            time.sleep(2)
-        listed = self.airflow("dags", "list", "-o", "json", check=False)
-        raise RuntimeError(f"airflow standalone did not list hap_daily within {timeout}s:\n{_cli_output(listed)}")
+            time.sleep(5)
+        raise RuntimeError(
+            f"airflow standalone did not list hap_daily within {timeout}s:\n{_cli_output(listed) if listed else ''}"
+        )
 
     def backfill(self, dag_id: str, start: str, end: str, conf: dict | None = None) -> None:
         import json
@@ -178,27 +180,16 @@ class StandaloneAirflow:
         rows = [ln for ln in out.splitlines() if ln.startswith("[{") or ln.strip() == "[]"]
         return json.loads(rows[-1]) if rows else []
 
-    def _query(self, sql: str, *args: str) -> list[tuple]:
-        """Read the metadata DB (SQLite) directly: polling with the CLI would start an ``airflow``
-        process (seconds of CPU) every few seconds beside the scheduler on a small machine."""
-        import sqlite3
-
-        try:
-            with sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=10) as db:
-                return db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:  # not created yet, or busy: ask again on the next poll
-            return []
-
     def wait_for_runs(self, dag_id: str, n: int, timeout: float) -> list[dict]:
         """Wait until ``n`` runs of the DAG have finished; their records as the CLI lists them."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = [row[0] for row in self._query("SELECT state FROM dag_run WHERE dag_id = ?", dag_id)]
-            if len(states) >= n and all(s in ("success", "failed") for s in states):
-                return self.runs(dag_id)
-            time.sleep(3)
+            runs = self.runs(dag_id)
+            if len(runs) >= n and all(r["state"] in ("success", "failed") for r in runs):
+                return runs
+            time.sleep(10)
         raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {self.runs(dag_id)}")
 
     def stop(self) -> None:
