@@ -46,9 +46,10 @@ def _tail(text: str | None, n: int = 40) -> str:
     return "\n".join((text or "").splitlines()[-n:])
 
 
-def _cli_output(proc: subprocess.CompletedProcess) -> str:
-    """A failed CLI's stderr and the tail of its stdout, for the error message."""
-    return f"--- stderr (tail) ---\n{_tail(proc.stderr)}\n--- stdout (tail) ---\n{_tail(proc.stdout, 20)}"
+def _cli_output(proc: subprocess.CompletedProcess, stderr: str | None = None) -> str:
+    """A failed CLI's stderr (or ``stderr``, where it went to a file) and the tail of its stdout."""
+    err = proc.stderr if stderr is None else stderr
+    return f"--- stderr (tail) ---\n{_tail(err)}\n--- stdout (tail) ---\n{_tail(proc.stdout, 20)}"
 
 
 class NoTaskRan(RuntimeError):
@@ -100,8 +101,7 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]
     if not lines:
         raise RuntimeError(
             f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}:\n"
-            f"--- stderr (tail) ---\n{_tail(log_file.read_text(errors='replace'))}\n"
-            f"--- stdout (tail) ---\n{_tail(proc.stdout, 20)}"
+            + _cli_output(proc, log_file.read_text(errors="replace"))
         )
     return json.loads(lines[-1])
 
