@@ -23,6 +23,9 @@ ExpressiveInit = Literal["light", "cold"]
 Launcher = Literal["local", "pytorchjob"]
 KfpMode = Literal["local", "cluster"]
 SensorMode = Literal["poke", "reschedule"]
+ServingMode = Literal["local", "kserve"]
+KServeProtocol = Literal["v1", "v2"]
+ScaleMetric = Literal["concurrency", "rps"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,36 @@ class TrainJobConfig:
 
 
 @dataclass(frozen=True)
+class KServeConfig:
+    """Serving on KServe (``serving.mode: kserve``; ``serving.kserve``, ``docs/runbook.md``).
+
+    ``hap deploy`` publishes each version under ``<storage_uri>/<version>/`` (``config/`` and
+    ``model-store/``, the layout KServe's TorchServe runtime reads), rolls it out as a canary taking
+    ``canary_percent`` of the traffic, smokes the canary through ``protocol`` against the offline
+    scorer, then promotes it or rolls the InferenceService back. Replicas scale between
+    ``min_replicas`` and ``max_replicas`` on ``scale_metric`` (in-flight requests per replica, or
+    requests per second) with ``scale_target`` per replica: the serving benchmark's figures
+    (``docs/benchmarks.md``).
+    """
+
+    name: str = "hap-preranking"
+    namespace: str = "hap"
+    storage_uri: str = "s3://hap-models/kserve"  # any fsspec URL: s3://, gs://, file://
+    protocol: KServeProtocol = "v1"
+    runtime: str = "hap-torchserve"  # the ServingRuntime (infra/kserve/servingruntime.yaml)
+    image: str = "hap-torchserve:latest"
+    canary_percent: int = 10
+    min_replicas: int = 2
+    max_replicas: int = 8
+    scale_metric: ScaleMetric = "concurrency"
+    scale_target: int = 4  # in flight per replica; Knative aims at 70%: ~2.8, ~150 rps on 2 cores (docs/benchmarks.md)
+    cpu: str = "2"
+    memory: str = "2Gi"
+    ready_timeout_s: int = 600  # a rollout that is not Ready by then is rolled back
+    poll_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """How TorchServe runs: per archive (``model-config.yaml``: workers, batching, queue, timeout) and
     per server (``config.properties`` and the key keeper, applied when the server starts).
@@ -252,6 +285,8 @@ class ServingConfig:
     torch_threads: int = 1  # intra-op threads per worker (0: torch's default)
     keep_previous: bool = True  # keep the previous production version loaded for an instant rollback
     shadow_sample: float = 0.1  # share of production's requests mirrored to a shadow version
+    mode: ServingMode = "local"  # local: TorchServe on 127.0.0.1; kserve: an InferenceService (serving.kserve)
+    kserve: KServeConfig = field(default_factory=KServeConfig)
 
 
 @dataclass(frozen=True)

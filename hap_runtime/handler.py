@@ -25,11 +25,16 @@ import torch
 
 from hap_runtime.admission import QueueWatch
 from hap_runtime.codec import DECODER, RequestError, decode_body
+from hap_runtime.kserve import PLAIN, V2, adopt_envelopes, locate, pack, unpack
 from hap_runtime.scorer import TwoStageScorer
 from hap_runtime.shadow import WORKER_MS_HEADER, ShadowMirror
 from hap_runtime.telemetry import HandlerMetrics
 
 log = logging.getLogger(__name__)
+
+ADOPTED_ENVELOPES = adopt_envelopes()
+"""TorchServe's KServe envelopes now hand requests over untouched (see ``hap_runtime.kserve``); this
+runs on import, before TorchServe wraps the handler in the configured envelope."""
 
 PROJECT_PACKAGES = ("hap", "models", "serving", "components", "expectations")
 """The installed project's packages: a worker that imported one would not be determined by its archive."""
@@ -83,11 +88,14 @@ class HapTwoStageHandler:
                  model_dir, runtime.get("code_sha256", "?")[:12], torch.__version__, torch.get_num_threads(),
                  DECODER.name)  # fmt: skip
 
-    def handle(self, data: list[dict], context) -> list[str]:
+    def handle(self, data: list[dict], context, protocol: str = PLAIN) -> list[str]:
+        """Answer each TorchServe request of the batch; ``protocol`` is KServe's ``v1``/``v2`` when
+        an adopted envelope (``hap_runtime.kserve``) hands the batch over, else ``plain``."""
         start = time.perf_counter()
         scorer, metrics = self.scorer, self.metrics
         share = self.admission.shed_share() if self.admission is not None else 0.0
         responses: list[str] = [""] * len(data)
+        calls: list[tuple[int, int, int, str]] = []  # (row, first request in ``parsed``, requests, v2 call id)
         parsed, bodies = [], []
         for idx, row in enumerate(data):
             context.set_response_content_type(idx, "application/json")
@@ -97,30 +105,41 @@ class HapTwoStageHandler:
             try:
                 raw = row.get("body") if row.get("body") is not None else row.get("data")
                 body = decode_body(raw, scorer.routing.max_body_bytes)
-                parsed.append((idx, scorer.parse(body)))
-                bodies.append(body)
+                inner = unpack(protocol, body, scorer.routing.max_requests_per_call)
+                reqs = []
+                for i, one in enumerate(inner):
+                    try:
+                        one = decode_body(one, scorer.routing.max_body_bytes) if protocol == V2 else one
+                        reqs.append((scorer.parse(one), one))
+                    except RequestError as err:
+                        raise locate(protocol, i, err) from None
+                call_id = (body.get("id") or context.get_request_id(idx)) if protocol == V2 else ""
+                calls.append((idx, len(parsed), len(reqs), call_id))
+                parsed.extend(r for r, _ in reqs)
+                bodies.extend(b for _, b in reqs)
             except RequestError as err:
                 responses[idx] = self._reject(context, idx, err, metrics)
             except Exception:  # a parser bug must fail this request only
                 log.exception("parsing request %d of the batch failed", idx)
                 err = RequestError("body", "internal error while reading the request", "internal", 500)
                 responses[idx] = self._reject(context, idx, err, metrics)
+        answers = self._score(parsed, metrics) if parsed else []
         answered = []
-        if parsed:
-            for (idx, req), body, answer in zip(
-                parsed, bodies, self._score([r for _, r in parsed], metrics), strict=True
-            ):
-                if isinstance(answer, RequestError):
-                    responses[idx] = self._reject(context, idx, answer, metrics)
-                    continue
-                responses[idx] = json.dumps(answer)
-                answered.append((idx, body))
+        for idx, first, n, call_id in calls:
+            mine = answers[first : first + n]
+            failed = [(i, a) for i, a in enumerate(mine) if isinstance(a, RequestError)]
+            if failed:
+                responses[idx] = self._reject(context, idx, locate(protocol, *failed[0]), metrics)
+                continue
+            responses[idx] = pack(protocol, mine, call_id, self.model_name, scorer.version)
+            for req, answer, body in zip(parsed[first : first + n], mine, bodies[first : first + n], strict=True):
+                answered.append((idx, body, answer))
                 metrics.count("HapCandidatesScored", len(req.item_ids))
                 metrics.count("HapCandidatesRouted", answer["k"])
                 if req.duplicates:
                     metrics.count("HapDuplicates", req.duplicates)
         worker_ms = (time.perf_counter() - start) * 1e3
-        for idx, _ in answered:
+        for idx in {idx for idx, _, _ in answered}:
             context.set_response_header(idx, WORKER_MS_HEADER, f"{worker_ms:.3f}")
         metrics.observe("request", worker_ms, n=len(data))
         metrics.batch(len(parsed))
@@ -129,7 +148,8 @@ class HapTwoStageHandler:
         except Exception:  # metrics must never fail an answered batch
             log.exception("emitting metrics failed")
         if self.shadow is not None and answered:
-            self.shadow.offer([b for _, b in answered], [responses[i] for i, _ in answered], worker_ms)
+            texts = [responses[i] if protocol == PLAIN else json.dumps(a) for i, _, a in answered]
+            self.shadow.offer([b for _, b, _ in answered], texts, worker_ms)
         return responses
 
     def _score(self, reqs: list, metrics: HandlerMetrics) -> list[dict[str, Any] | RequestError]:

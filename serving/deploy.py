@@ -1,4 +1,8 @@
-"""Deploy a registered version to TorchServe: register it, smoke it, then make it the default.
+"""Deploy a registered version: stage it, smoke it, then make it serve (``roll_out`` in ``_deploy``).
+
+The decision is one code path for both targets: the local TorchServe (``LocalTarget``: register the
+version by name, make it the default) and KServe (``serving.kserve.KServeTarget``: publish, canary
+rollout, promote or roll back the InferenceService).
 
 - **Smoke.** Golden requests (rows and columns layouts) go to the new version by name; its answers
   must equal, ranking and scores, what the archive's own code answers offline. A failed smoke
@@ -13,10 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ from hap_runtime.spec import DEFAULT_SPEC
 from registry.store import Registry
 from serving.archive import archive_answers, build_archive, extract_archive, mar_name
 from serving.errors import DeployFailed, ServingError
+from serving.kserve import Answer, KServeTarget, version_uri
 from serving.server import LocalTorchServe
 
 log = logging.getLogger(__name__)
@@ -63,11 +71,11 @@ def golden_answers(mar: Path, bodies: list[dict[str, Any]]) -> list[dict[str, An
         return archive_answers(extract_archive(mar, tmp), bodies)
 
 
-def smoke_check(response, expected: dict[str, Any], tolerance: float = 1e-4) -> str | None:
+def smoke_check(answer: Answer, expected: dict[str, Any], tolerance: float = 1e-4) -> str | None:
     """What is wrong with a served answer compared with the offline golden answer, or None."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
-    body = response.json()
+    if answer.status != 200:
+        return f"HTTP {answer.status}: {answer.text[:300]}"
+    body = json.loads(answer.text)
     if body.get("model_version") != expected["model_version"]:
         return f"answered by version {body.get('model_version')}, expected {expected['model_version']}"
     got, want = body.get("items", []), expected["items"]
@@ -159,53 +167,118 @@ def _known_version(ws: Workspace, version: str) -> Path:
     return vdir
 
 
+class LocalTarget:
+    """The local TorchServe as ``roll_out``'s target: stage = register the version by name, ask =
+    requests to that version, promote = make it the default, withdraw = unregister it if this
+    deploy registered it."""
+
+    kind = "local"
+
+    def __init__(self, ws: Workspace, server: LocalTorchServe) -> None:
+        self.ws, self.server, self.newly_registered = ws, server, False
+
+    def serving(self) -> str | None:
+        return ensure_serving(self.ws, self.server)
+
+    def stage(self, version: str, mar: Path, previous: str | None) -> None:
+        self.newly_registered = version not in _registered(self.server)
+        if self.newly_registered:
+            self.server.register(mar.name)
+
+    def ask(self, version: str, bodies: list[dict[str, Any]]) -> list[Answer]:
+        return [Answer(r.status_code, r.text) for r in (self.server.predict(b, version=version) for b in bodies)]
+
+    def promote(self, version: str) -> None:
+        self.server.set_default(version)
+
+    def withdraw(self, version: str, previous: str | None) -> None:
+        if self.newly_registered and version != previous:
+            self.server.unregister(version)
+
+    def restore(self, version: str) -> None:
+        self.server.start()
+        _ensure_registered(self.server, version)
+        self.server.set_default(version)
+
+
+Target = LocalTarget | KServeTarget
+
+
+def target_for(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Target:
+    return server if isinstance(server, KServeTarget) else LocalTarget(ws, server)
+
+
+@contextlib.contextmanager
+def _deploy_lock(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Iterator[None]:
+    """One deploy, rollback or shadow change at a time, across processes: the local server's lock,
+    or for KServe a lock file in the workspace (the cluster object is also replaced optimistically)."""
+    if isinstance(server, LocalTorchServe):
+        with server.lock():
+            yield
+        return
+    ws.serving.mkdir(parents=True, exist_ok=True)
+    with (ws.serving / "kserve-deploy.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def deploy(
     ws: Workspace,
     version: str,
     cfg: HapConfig,
-    server: LocalTorchServe,
+    server: LocalTorchServe | KServeTarget,
     smoke_ds: str,
     reason: str = "",
     shadow: bool = False,
 ) -> dict[str, Any]:
-    """Register → golden smoke → set default (or start shadowing). Any failure unregisters the new
-    version: the model that was serving keeps serving. Holds the server's lock: one deploy,
-    rollback or shadow change at a time, across processes."""
-    with server.lock():
-        return _deploy(ws, version, cfg, server, smoke_ds, reason, shadow)
+    """Stage → golden smoke → promote (or start shadowing, locally). Any failure withdraws the new
+    version: the model that was serving keeps serving. ``server`` is the local TorchServe or a
+    ``KServeTarget`` (``serving.mode: kserve``); the decision is the same code for both."""
+    if shadow and isinstance(server, KServeTarget):
+        raise DeployFailed("shadow deploys are local-mode only; on KServe the canary plays that part")
+    with _deploy_lock(ws, server):
+        return _deploy(ws, version, cfg, target_for(ws, server), smoke_ds, reason, shadow)
 
 
 def _deploy(
-    ws: Workspace, version: str, cfg: HapConfig, server: LocalTorchServe, smoke_ds: str, reason: str, shadow: bool
+    ws: Workspace, version: str, cfg: HapConfig, target: Target, smoke_ds: str, reason: str, shadow: bool
 ) -> dict[str, Any]:
     registry = Registry(ws)
     version_dir = _known_version(ws, version)
-    previous = ensure_serving(ws, server)
+    previous = target.serving()
     if shadow and version == previous:
         raise DeployFailed(f"{version} is production already; nothing to shadow")
-    mar = server.model_store / mar_name(version)
+    store = target.server.model_store if isinstance(target, LocalTarget) else ws.serving / "model-store"
+    mar = store / mar_name(version)
     if not mar.exists():
-        build_archive(version_dir, version, cfg, server.model_store)
-    newly_registered = version not in _registered(server)
+        build_archive(version_dir, version, cfg, store)
     try:
-        if newly_registered:
-            server.register(mar.name)
+        target.stage(version, mar, previous)
         request = sample_request(ws.data, smoke_ds, n_candidates=min(1000, cfg.routing.max_candidates))
         bodies = [request, columnar({**request, "k": 20, "m": 60})]
-        for body, expected in zip(bodies, golden_answers(mar, bodies), strict=True):
-            problem = smoke_check(server.predict(body, version=version), expected)
+        answers = target.ask(version, bodies)
+        for body, answer, expected in zip(bodies, answers, golden_answers(mar, bodies), strict=True):
+            problem = smoke_check(answer, expected)
             if problem:
                 layout = "columns" if "items" in body else "rows"
                 raise DeployFailed(f"smoke request ({layout}) to version {version} failed: {problem}")
         if not shadow or previous is None:
-            server.set_default(version)
+            target.promote(version)
     except Exception as exc:
-        if newly_registered and version != previous:
-            try:
-                server.unregister(version)
-            except Exception as cleanup:  # the next prune removes it; the deploy's own failure is the news
-                log.warning("could not unregister %s after its failed deploy: %s", version, cleanup)
+        try:
+            target.withdraw(version, previous)
+        except Exception as cleanup:  # the next prune removes it; the deploy's own failure is the news
+            log.warning("could not withdraw %s after its failed deploy: %s", version, cleanup)
         raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
+    if isinstance(target, KServeTarget):
+        pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")
+        log.info("deployed %s on KServe (previous %s)", version, previous)
+        return {"version": version, "previous": previous, "production": pointer, "archive": str(mar),
+                "storage_uri": version_uri(cfg.serving.kserve, version), "mode": "kserve"}  # fmt: skip
+    server = target.server
     if shadow and previous is None:
         log.warning("no production version to shadow: %s becomes production directly", version)
     elif shadow:
@@ -241,25 +314,24 @@ def _clear_shadow(server: LocalTorchServe, registry: Registry, production: str, 
         registry.record_event("shadow_end", shadow=state["shadow"], outcome=outcome, production=production)
 
 
-def rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
-    """Make the previous production version the default again, in TorchServe and in the registry."""
-    with server.lock():
-        return _rollback(ws, server, reason)
+def rollback(ws: Workspace, server: LocalTorchServe | KServeTarget, reason: str) -> dict[str, Any]:
+    """Make the previous production version serve again, on the target and in the registry."""
+    with _deploy_lock(ws, server):
+        return _rollback(ws, target_for(ws, server), reason)
 
 
-def _rollback(ws: Workspace, server: LocalTorchServe, reason: str) -> dict[str, Any]:
+def _rollback(ws: Workspace, target: Target, reason: str) -> dict[str, Any]:
     registry = Registry(ws)
     current = registry.production()
     if not current or not current.get("previous"):
         raise DeployFailed("nothing to roll back to: no previous production version recorded")
-    target = current["previous"]
-    server.start()
-    _ensure_registered(server, target)
-    server.set_default(target)
-    pointer = registry.set_production(target, reason=f"rollback from {current['version']}: {reason}")
-    _clear_shadow(server, registry, target, "stopped by rollback")
-    prune(ws, server)
-    log.warning("rolled back %s -> %s (%s)", current["version"], target, reason)
+    previous = current["previous"]
+    target.restore(previous)
+    pointer = registry.set_production(previous, reason=f"rollback from {current['version']}: {reason}")
+    if isinstance(target, LocalTarget):
+        _clear_shadow(target.server, registry, previous, "stopped by rollback")
+        prune(ws, target.server)
+    log.warning("rolled back %s -> %s (%s)", current["version"], previous, reason)
     return pointer
 
 

@@ -171,11 +171,9 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
-    from serving.deploy import rollback
-    from workflow.flow import server_for
+    from workflow.flow import rollback
 
-    ws = _ws(args)
-    pointer = rollback(ws, server_for(ws), args.reason)
+    pointer = rollback(args.reason, _ws(args))
     print(f"serving {pointer['version']} again (rolled back from {pointer['previous']}); reason recorded")
     return 0
 

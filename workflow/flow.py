@@ -22,6 +22,7 @@ from registry.store import Registry
 from serving.archive import build_archive
 from serving.deploy import deploy as deploy_version
 from serving.deploy import rollback as rollback_version
+from serving.kserve import KServeTarget
 from serving.server import LocalTorchServe
 from workflow.errors import StepRefused
 
@@ -40,9 +41,15 @@ def load_config(params: dict[str, Any] | None = None) -> HapConfig:
     return cfg
 
 
-def server_for(ws: Workspace, cfg: HapConfig | None = None):
+def server_for(ws: Workspace, cfg: HapConfig | None = None) -> LocalTorchServe:
     """The workspace's local TorchServe, run with the configuration's serving settings."""
     return LocalTorchServe(ws.serving, cfg=(cfg or load_config()).serving)
+
+
+def deploy_target(ws: Workspace, cfg: HapConfig) -> LocalTorchServe | KServeTarget:
+    """Where ``deploy`` and ``rollback`` act: the local TorchServe, or the InferenceService when
+    ``serving.mode`` is ``kserve``."""
+    return KServeTarget(cfg.serving) if cfg.serving.mode == "kserve" else server_for(ws, cfg)
 
 
 def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
@@ -158,11 +165,12 @@ def deploy(
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     promotion_file = ws.run_dir(ds) / "promotion.json"
     why = json.loads(promotion_file.read_text())["reason"] if promotion_file.exists() else "daily deploy"
-    server = server_for(ws, cfg)
+    server = deploy_target(ws, cfg)
     return deploy_version(ws, version, cfg, server, smoke_ds=ds, reason=f"{why} (ds={ds})", shadow=shadow)
 
 
-def rollback(reason: str, ws: Workspace | None = None) -> dict[str, Any]:
-    """Make the previous production version the default again, in TorchServe and the registry."""
-    ws = ws or Workspace.from_env()
-    return rollback_version(ws, server_for(ws), reason)
+def rollback(reason: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
+    """Make the previous production version serve again (TorchServe's default, or the
+    InferenceService's storage URI on KServe) and record it in the registry."""
+    ws, cfg = ws or Workspace.from_env(), cfg or load_config()
+    return rollback_version(ws, deploy_target(ws, cfg), reason)

@@ -1,0 +1,537 @@
+"""Serving on KServe: the protocols through TorchServe's own envelopes, the published layout, and
+``hap deploy``'s cluster mode (canary → smoke → promote or roll back).
+
+There is no cluster here. The manifests are checked with the Kubernetes client's models, and the
+deploy runs against a stand-in for KServe's API: each spec change becomes a revision that copies the
+storage URI (fsspec) the way the storage initializer does and runs the ServingRuntime's container
+command — a real ``torchserve`` reading the published ``config.properties`` with
+``TS_SERVICE_ENVELOPE`` from the protocol — on this machine. Only the listeners are moved to free
+loopback ports (a pod has its own network; this machine does not) and the image's paths mapped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from test_serving import DS, _make_versions, _same_answer
+
+from hap.config import HapConfig, KServeConfig, ServingConfig
+from hap.contract import write_partition
+from hap.workspace import Workspace
+from hap_runtime.config import RoutingConfig
+from hap_runtime.kserve import answers_of, call_body
+from registry.store import Registry
+from serving.archive import build_archive, mar_name
+from serving.deploy import columnar, deploy, rollback, sample_request
+from serving.errors import DeployFailed
+from serving.kserve import (
+    CONFIG_PATH,
+    ENVELOPES,
+    INFRA,
+    MOUNT,
+    STORE_DIR,
+    KServeTarget,
+    container_properties,
+    inference_service,
+    render_examples,
+    serving_runtime,
+    version_uri,
+)
+from serving.server import LocalTorchServe, Ports
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _deserialize(doc: dict, kind: str):
+    from kubernetes.client import ApiClient
+
+    return ApiClient()._ApiClient__deserialize(doc, kind)
+
+
+def _props(text: str) -> dict[str, str]:
+    return dict(ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.startswith("#"))
+
+
+class _Revision:
+    """One predictor revision: the storage URI copied to its ``/mnt/models`` and the runtime's
+    container command running there."""
+
+    def __init__(self, name: str, isvc: dict, runtime: dict, root: Path, base_port: int, corrupt: set[str]) -> None:
+        import fsspec
+
+        model = isvc["spec"]["predictor"]["model"]
+        self.name, self.storage_uri, self.protocol = name, model["storageUri"], model["protocolVersion"]
+        self.dir = root / name
+        mnt = self.dir / "mnt-models"
+        fs, src = fsspec.core.url_to_fs(self.storage_uri)
+        fs.get(f"{src}/", str(mnt), recursive=True)  # what KServe's storage initializer does
+        if self.storage_uri in corrupt:
+            (mar,) = (mnt / STORE_DIR).glob("*.mar")
+            _tamper(mar)
+        props = _props((mnt / CONFIG_PATH).read_text())
+        self.url, self.mgmt_url = f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"
+        props.update(  # a pod's own network and the image's paths, on this machine
+            inference_address=self.url,
+            management_address=f"http://127.0.0.1:{base_port + 1}",
+            metrics_address=f"http://127.0.0.1:{base_port + 2}",
+            grpc_inference_port=str(base_port + 3),
+            grpc_management_port=str(base_port + 4),
+            model_store=props["model_store"].replace(MOUNT, str(mnt)),
+            metrics_config=str(REPO / "serving" / "metrics.yaml"),
+        )
+        (mnt / CONFIG_PATH).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        container = _deserialize(runtime["spec"]["containers"][0], "V1Container")
+        labels = {"serviceEnvelope": ENVELOPES[self.protocol]}
+        env = {e.name: e.value.replace("{{.Labels.serviceEnvelope}}", labels["serviceEnvelope"]) for e in container.env}
+        args = [
+            a.replace(MOUNT, str(mnt)).replace("/home/model-server/log4j2.xml", str(REPO / "serving" / "log4j2.xml"))
+            for a in container.args
+        ]
+        tmp = self.dir / "tmp"
+        tmp.mkdir(parents=True)
+        bin_dir = str(Path(os.sys.executable).parent)
+        self.log = (self.dir / "torchserve.log").open("w")
+        self.proc = subprocess.Popen(
+            [str(Path(bin_dir) / container.command[0]), *args],
+            cwd=self.dir,
+            env={**os.environ, **env, "TMPDIR": str(tmp), "TEMP": str(tmp), "LOG_LOCATION": str(self.dir / "logs"),
+                 "METRICS_LOCATION": str(self.dir / "logs"), "PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def ready(self) -> bool:
+        """The runtime's readiness probe: TorchServe's /ping on the inference port."""
+        try:
+            return requests.get(f"{self.url}/ping", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+class _KServeStandIn:
+    """KServe's API for one InferenceService: get, create, replace, delete. A changed predictor
+    spec rolls out a new revision (``canaryTrafficPercent`` splits traffic with the last rolled-out
+    one; without it the new one takes everything and the old one is torn down). Returning to the
+    storage URI and protocol of the rolled-out revision reuses it (Knative would start an identical
+    new revision)."""
+
+    def __init__(self, root: Path, runtime: dict, free_port_block) -> None:
+        self.root, self.runtime, self.ports = root, runtime, free_port_block
+        self.obj: dict | None = None
+        self.revisions: dict[str, _Revision] = {}
+        self.rolled_out: str | None = None  # the revision taking the traffic outside a canary
+        self.latest: str | None = None
+        self.created = 0
+        self.calls: list[str] = []
+        self.corrupt: set[str] = set()  # storage URIs whose archive arrives with other weights
+
+    @staticmethod
+    def _not_found():
+        return type("ApiException", (Exception,), {"status": 404})()
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.obj is None:
+            raise self._not_found()
+        self._reconcile()
+        return copy.deepcopy(self.obj)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
+        assert self.obj is None
+        self.calls.append("create")
+        self.obj = copy.deepcopy(body)
+        self.obj["metadata"].update(generation=1, resourceVersion="1")
+        self._roll_out()
+
+    def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        assert self.obj is not None and body["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
+        self.calls.append(f"replace canary={body['spec']['predictor'].get('canaryTrafficPercent')}")
+        old = self.obj
+        self.obj = copy.deepcopy(body)
+        meta = self.obj["metadata"]
+        meta["generation"] = old["metadata"]["generation"] + (old["spec"] != body["spec"])
+        meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+        self.obj["status"] = old.get("status", {})
+        if old["spec"] != body["spec"]:
+            self._roll_out()
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append("delete")
+        self.obj = None
+        for rev in self.revisions.values():
+            rev.stop()
+        self.revisions, self.rolled_out, self.latest = {}, None, None
+
+    def _roll_out(self) -> None:
+        model = self.obj["spec"]["predictor"]["model"]
+        same = [n for n, r in self.revisions.items()
+                if (r.storage_uri, r.protocol) == (model["storageUri"], model["protocolVersion"])]  # fmt: skip
+        if same:
+            self.latest = same[0]
+        else:
+            self.created += 1
+            name = f"{self.obj['metadata']['name']}-predictor-{self.created:05d}"
+            self.revisions[name] = _Revision(name, self.obj, self.runtime, self.root, self.ports(5), self.corrupt)
+            self.latest = name
+
+    def _reconcile(self) -> None:
+        """Status as KServe writes it once the latest revision is ready."""
+        rev = self.revisions[self.latest]
+        meta, predictor = self.obj["metadata"], self.obj["spec"]["predictor"]
+        if not rev.ready():
+            failed = rev.proc.poll() is not None
+            self.obj["status"] = {**self.obj.get("status", {}), "observedGeneration": meta["generation"],
+                                  "conditions": [{"type": "Ready", "status": "False",
+                                                  "reason": "RevisionFailed" if failed else "Progressing"}]}  # fmt: skip
+            return
+        canary = predictor.get("canaryTrafficPercent")
+        if canary is None or self.rolled_out in (None, self.latest):
+            for name in [n for n in self.revisions if n != self.latest]:
+                self.revisions.pop(name).stop()
+            self.rolled_out = self.latest
+            traffic = [{"tag": "latest", "revisionName": self.latest, "percent": 100, "url": rev.url}]
+        else:
+            prev = self.revisions[self.rolled_out]
+            traffic = [{"tag": "prev", "revisionName": self.rolled_out, "percent": 100 - canary, "url": prev.url},
+                       {"tag": "latest", "revisionName": self.latest, "percent": canary, "url": rev.url}]  # fmt: skip
+        self.obj["status"] = {
+            "observedGeneration": meta["generation"],
+            "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "components": {"predictor": {"url": self.revisions[self.rolled_out].url, "traffic": traffic,
+                                         "latestRolledoutRevision": self.rolled_out,
+                                         "latestCreatedRevision": self.latest}},
+        }  # fmt: skip
+
+    def close(self) -> None:
+        for rev in self.revisions.values():
+            rev.stop()
+
+
+# ---- the committed manifests and the published layout ----
+
+
+def test_committed_manifests_are_fresh(tmp_path):
+    for path in render_examples(tmp_path):
+        assert path.read_text() == (INFRA / path.name).read_text(), "run: python -m serving.kserve"
+
+
+def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_kserve_needs():
+    cfg = ServingConfig()
+    runtime = yaml.safe_load((INFRA / "servingruntime.yaml").read_text())
+    (container,) = [_deserialize(c, "V1Container") for c in runtime["spec"]["containers"]]
+    assert runtime["spec"]["protocolVersions"] == ["v1", "v2"]
+    assert [p.container_port for p in container.ports] == [8080]  # the port KServe routes to
+    assert container.readiness_probe.http_get.path == "/ping" and container.readiness_probe.http_get.port == 8080
+    assert container.security_context.run_as_non_root and container.security_context.capabilities.drop == ["ALL"]
+    assert {e.name: e.value for e in container.env}["TS_SERVICE_ENVELOPE"] == "{{.Labels.serviceEnvelope}}"
+    assert (
+        f"--ts-config={MOUNT}/{CONFIG_PATH}" in container.args
+        and f"--model-store={MOUNT}/{STORE_DIR}" in container.args
+    )
+    isvc = yaml.safe_load((INFRA / "inferenceservice.yaml").read_text())
+    meta = _deserialize(isvc["metadata"], "V1ObjectMeta")
+    assert meta.annotations["serving.kserve.io/enable-tag-routing"] == "true"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["model"]["runtime"] == runtime["metadata"]["name"]
+    assert set(predictor) <= {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency",
+                              "timeout", "canaryTrafficPercent", "model"}  # fmt: skip
+    assert inference_service(cfg, "1", canary=True)["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    policy = _deserialize(yaml.safe_load((INFRA / "networkpolicy.yaml").read_text()), "V1NetworkPolicy")
+    assert policy.spec.policy_types == ["Ingress"] and policy.spec.pod_selector.match_labels == {
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+    }
+    sources = {
+        p.namespace_selector.match_labels["kubernetes.io/metadata.name"] for r in policy.spec.ingress for p in r._from
+    }
+    assert sources == {"knative-serving", "istio-system", "monitoring"}  # nothing else reaches the tokenless port
+    props = _props((INFRA / "config.properties").read_text())
+    assert props["inference_address"] == "http://0.0.0.0:8080" and props["management_address"].startswith(
+        "http://127.0.0.1:"
+    )
+    assert props["disable_token_authorization"] == "true" and props["enable_envvars_config"] == "true"
+    assert "enable_model_api" not in props  # versions change by rollout, never through the pod's API
+    snapshot = json.loads(props["model_snapshot"])
+    (entry,) = snapshot["models"]["hap"].values()
+    assert entry["defaultVersion"] is True and entry["marName"] == mar_name("20261122.1")
+    assert entry["batchSize"] == cfg.batch_size and entry["minWorkers"] == cfg.workers
+
+
+def test_local_mode_keeps_loopback_and_token_auth(tmp_path):
+    server = LocalTorchServe(tmp_path, Ports(20001, 20002, 20003, 20004, 20005))
+    server.write_config()
+    props = _props(server.config_file.read_text())
+    assert "disable_token_authorization" not in props and "enable_envvars_config" not in props
+    assert all("127.0.0.1" in props[k] for k in ("inference_address", "management_address", "metrics_address"))
+    shared = {k: v for k, v in container_properties(ServingConfig(), "1").items() if k in props}
+    assert {k: props[k] for k in shared if k.endswith(("_timeout", "_size", "_mode"))} == {
+        k: v for k, v in shared.items() if k.endswith(("_timeout", "_size", "_mode"))
+    }
+
+
+# ---- the deploy through the stand-in, and the protocols ----
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, small_day):
+    ws = Workspace(tmp_path_factory.mktemp("kserve"))
+    write_partition(ws.data, "requests", DS, small_day.requests)
+    write_partition(ws.data, "candidates", DS, small_day.candidates)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def versions(ws, small_day) -> list[str]:
+    return _make_versions(ws, small_day, 3)
+
+
+@pytest.fixture(scope="module")
+def cluster(ws, tmp_path_factory, free_port_block):
+    kcfg = KServeConfig(storage_uri=f"file://{tmp_path_factory.mktemp('bucket')}/kserve", ready_timeout_s=120,
+                        poll_s=0.5)  # fmt: skip
+    cfg = HapConfig(serving=ServingConfig(mode="kserve", kserve=kcfg, workers=1))
+    standin = _KServeStandIn(tmp_path_factory.mktemp("pods"), serving_runtime(cfg.serving), free_port_block)
+    yield cfg, standin
+    standin.close()
+
+
+@pytest.fixture(scope="module")
+def plain(ws, versions, free_port_block):
+    """The plain endpoint: the local TorchServe (token auth on) serving the first version."""
+    base = free_port_block(5)
+    server = LocalTorchServe(ws.root / "plain", Ports(base, base + 1, base + 2, base + 3, base + 4))
+    server.start()
+    one_worker = HapConfig(serving=ServingConfig(workers=1))
+    build_archive(Registry(ws).version_dir(versions[0]), versions[0], one_worker, server.model_store)
+    server.register(mar_name(versions[0]))
+    yield server
+    server.stop()
+
+
+def _bodies(ws) -> list[dict]:
+    request = sample_request(ws.data, DS, n_candidates=300)
+    return [request, columnar({**request, "k": 20, "m": 60}), {**request, "k": 0, "m": 7}]
+
+
+def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, versions, cluster):
+    cfg, standin = cluster
+    target = KServeTarget(cfg.serving, api=standin)
+    registry = Registry(ws)
+
+    first = deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="first")
+    assert first["previous"] is None and first["mode"] == "kserve" and standin.calls == ["create"]
+    assert target.serving() == versions[0] and registry.production()["version"] == versions[0]
+    published = Path(cfg.serving.kserve.storage_uri.removeprefix("file://")) / versions[0]
+    assert (published / STORE_DIR / mar_name(versions[0])).exists() and (published / CONFIG_PATH).exists()
+
+    # the second version as a canary: 10% of the traffic, smoked at its own URL, then promoted
+    standin.calls.clear()
+    second = deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="daily")
+    assert standin.calls == ["replace canary=10", "replace canary=None"]
+    assert second["previous"] == versions[0] and target.serving() == versions[1]
+    status = standin.obj["status"]["components"]["predictor"]
+    assert [t["percent"] for t in status["traffic"]] == [100] and len(standin.revisions) == 1
+
+    # a version whose archive reaches the pods with other weights: the canary's scores differ from the
+    # offline scorer's, its smoke fails and the InferenceService returns to the second version, whose
+    # revision kept serving the other 90%
+    bad = versions[2]
+    standin.corrupt.add(version_uri(cfg.serving.kserve, bad))
+    standin.calls.clear()
+    with pytest.raises(DeployFailed, match=f"still serving {versions[1]}.*scores differ"):
+        deploy(ws, bad, cfg, target, smoke_ds=DS, reason="daily")
+    assert standin.calls == ["replace canary=10", "replace canary=None"]
+    assert target.serving() == versions[1] and registry.production()["version"] == versions[1]
+    assert (
+        list(standin.revisions) == [standin.rolled_out]
+        and standin.obj["metadata"]["labels"]["hap.version"] == (versions[1])
+    )
+
+    # hap's rollback: the previous production version takes all the traffic again
+    pointer = rollback(ws, target, "drill")
+    assert pointer["version"] == versions[0] and target.serving() == versions[0]
+    answer = requests.post(
+        standin.revisions[standin.rolled_out].url + "/v1/models/hap:predict",
+        json=call_body("v1", [sample_request(ws.data, DS, n_candidates=50)]),
+        timeout=60,
+    )
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["model_version"] == versions[0]
+
+
+def _tamper(mar: Path) -> None:
+    """Shift the expressive head's bias inside the archive: the same ranking, other scores."""
+    import io
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(mar) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in files if n.endswith("expressive/weights.pt"))
+    state = torch.load(io.BytesIO(files[name]), weights_only=True)
+    state["head.bias"] = state["head.bias"] + 1.0
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    files[name] = buf.getvalue()
+    with zipfile.ZipFile(mar, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versions, cluster, plain, protocol,
+                                                                       bad_requests):  # fmt: skip
+    cfg, standin = cluster
+    cfg = replace(cfg, serving=replace(cfg.serving, kserve=replace(cfg.serving.kserve, protocol=protocol)))
+    target = KServeTarget(cfg.serving, api=standin)
+    if target.serving() != versions[0] or standin.revisions[standin.rolled_out].protocol != protocol:
+        standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
+        deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason=f"protocol {protocol}")
+    rev = standin.revisions[standin.rolled_out]
+    assert rev.protocol == protocol
+    path = f"{rev.url}/v1/models/hap:predict" if protocol == "v1" else f"{rev.url}/v2/models/hap/infer"
+    bodies = _bodies(ws)
+    expected = [plain.predict(b, version=versions[0]).json() for b in bodies]
+
+    # one call carrying every request, and one call per request
+    r = requests.post(path, json=call_body(protocol, bodies, call_id="call-7"), timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    for got, want in zip(answers_of(protocol, r.json()), expected, strict=True):
+        _same_answer(got, want)  # several requests scored in one pass: float summation order differs
+        assert {k: v for k, v in got.items() if k != "items"} == {k: v for k, v in want.items() if k != "items"}
+    if protocol == "v2":
+        out = r.json()
+        assert (out["id"], out["model_name"], out["model_version"]) == ("call-7", "hap", versions[0])
+        assert out["outputs"][0]["datatype"] == "BYTES" and out["outputs"][0]["shape"] == [len(bodies)]
+    for body, want in zip(bodies, expected, strict=True):  # one request per call: exactly the plain answer
+        one = requests.post(path, json=call_body(protocol, [body]), timeout=60)
+        assert answers_of(protocol, one.json()) == [want]
+
+    # the model_snapshot loaded the version as the default, batching on; concurrent calls are batched by
+    # TorchServe and each keeps its own answer (TorchServe's stock envelopes fail such batches with 503)
+    (described,) = requests.get(f"{rev.mgmt_url}/models/hap", timeout=10).json()
+    assert described["modelVersion"] == versions[0] and described["batchSize"] == cfg.serving.batch_size > 1
+    with ThreadPoolExecutor(8) as pool:
+        calls = list(pool.map(lambda b: requests.post(path, json=call_body(protocol, [b]), timeout=60), bodies * 8))
+    for r, want in zip(calls, expected * 8, strict=True):
+        assert r.status_code == 200, r.text[:300]
+        _same_answer(answers_of(protocol, r.json())[0], want)
+
+    # bad input: a 4xx in KServe's error shape, naming the place inside the call
+    where = "instances[1]" if protocol == "v1" else "inputs[0].data[1]"
+    for name, bad, field, kind in bad_requests(bodies[0], RoutingConfig()):
+        if isinstance(bad, bytes) or (protocol == "v1" and "literal" in name):
+            continue  # a problem of the whole body (v1 carries requests as JSON, not strings): checked below
+        alone = plain.predict(bad, version=versions[0])  # the plain endpoint's answer to the same request
+        r = requests.post(path, json=call_body(protocol, [bodies[0], bad]), timeout=60)
+        err, want_field = r.json(), where if field == "body" else f"{where}.{field}"
+        assert (r.status_code, err["kind"]) == (alone.status_code, alone.json()["kind"]) == (r.status_code, kind), name
+        assert 400 <= r.status_code < 500 and err["field"] == want_field and err["error"] == alone.json()["error"], name
+    for raw, field, kind, status in [
+        (b"{nope", "body", "malformed_json", 400),
+        (b"[1, 2]", "body", "wrong_type", 400),
+        (b'{"instances": [], "inputs": []}', None, "unknown_field", 400),
+        (json.dumps(call_body(protocol, [bodies[0]] * 65)).encode(), None, "too_many", 400),
+        (json.dumps(call_body(protocol, [bodies[0]])).encode() + b" " * (8 * 2**20), "body", "too_large", 413),
+    ]:
+        r = requests.post(path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == status and r.json()["kind"] == kind, (raw[:40], r.text[:200])
+        assert field is None or r.json()["field"] == field
+    if protocol == "v2":
+        tensor = call_body("v2", [bodies[0]])["inputs"][0]
+        for change, field, kind in [
+            ({"datatype": "FP32"}, "inputs[0].datatype", "wrong_type"),
+            ({"name": "x"}, "inputs[0].name", "unknown_field"),
+            ({"shape": [2]}, "inputs[0].shape", "length_mismatch"),
+            ({"data": [{"user": {}}]}, "inputs[0].data[0]", "wrong_type"),
+            ({"data": ["{nope"]}, "inputs[0].data[0]", "malformed_json"),
+        ]:
+            r = requests.post(path, json={"inputs": [{**tensor, **change}]}, timeout=60)
+            assert (r.status_code, r.json()["field"], r.json()["kind"]) == (400, field, kind), change
+    # the worker kept serving
+    assert requests.post(path, json=call_body(protocol, bodies[:1]), timeout=60).status_code == 200
+
+
+# ---- the protocol bodies, without a server ----
+
+
+def test_adopted_envelopes_hand_every_request_of_a_batch_to_the_handler_with_its_protocol():
+    from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+    from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+
+    from hap_runtime.kserve import adopt_envelopes
+
+    assert sorted(adopt_envelopes()) == ["kserve:KServeEnvelope", "kservev2:KServev2Envelope"]
+    seen = []
+
+    def handle(data, context, protocol):
+        seen.append((data, protocol))
+        return [f"answer {i}" for i in range(len(data))]
+
+    batch = [{"body": b'{"instances": []}'}, {"body": b"{nope"}]  # the stock envelope reads only the first
+    assert KServeEnvelope(handle).handle(batch, None) == ["answer 0", "answer 1"]
+    assert KServev2Envelope(handle).handle(batch, None) == ["answer 0", "answer 1"]
+    assert seen == [(batch, "v1"), (batch, "v2")]
+
+
+def test_call_bodies_round_trip_and_bad_calls_name_their_place():
+    from hap_runtime.codec import RequestError
+    from hap_runtime.kserve import V1, V2, locate, pack, unpack
+
+    reqs = [{"user": {"a": 1}}, {"user": {"b": 2}}]
+    assert unpack(V1, call_body(V1, reqs), 64) == reqs
+    assert [json.loads(t) for t in unpack(V2, call_body(V2, reqs, "x"), 64)] == reqs
+    answers = [{"items": [1]}, {"items": [2]}]
+    for protocol in (V1, V2):
+        assert answers_of(protocol, json.loads(pack(protocol, answers, "x", "hap", "7"))) == answers
+    assert json.loads(pack(V2, answers, "x", "hap", "7"))["id"] == "x"
+    for protocol, body, field, kind in [
+        (V1, {"instances": reqs * 33}, "instances", "too_many"),
+        (V1, {"instances": []}, "instances", "empty"),
+        (V1, {"instances": {}}, "instances", "wrong_type"),
+        (V1, {}, "instances", "missing_field"),
+        (V2, {"inputs": []}, "inputs", "wrong_type"),
+        (V2, {"inputs": [{"name": "request", "datatype": "BYTES", "shape": [1]}]}, "inputs[0].data", "missing_field"),
+        (V2, {**call_body(V2, reqs), "id": 5}, "id", "wrong_type"),
+        (V2, {**call_body(V2, reqs), "outputs": [{"name": "scores"}]}, "outputs[0].name", "unknown_field"),
+    ]:
+        with pytest.raises(RequestError) as err:
+            unpack(protocol, body, 64)
+        assert (err.value.field, err.value.kind) == (field, kind), body
+    inner = RequestError("candidates[3].item_id", "bad", "wrong_type")
+    assert locate(V1, 2, inner).field == "instances[2].candidates[3].item_id"
+    assert locate(V2, 0, RequestError("body", "bad", "malformed_json")).field == "inputs[0].data[0]"
+
+
+def test_kserve_mode_without_cluster_credentials_fails_clearly(tmp_path, monkeypatch):
+    from workflow import flow
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = HapConfig(serving=ServingConfig(mode="kserve"))
+    with pytest.raises(DeployFailed, match="no Kubernetes credentials"):
+        flow.deploy("2026-11-20", "20261120.1", Workspace(tmp_path / "ws"), cfg)
+    with pytest.raises(DeployFailed, match="no Kubernetes credentials"):
+        flow.rollback("drill", Workspace(tmp_path / "ws"), cfg)
