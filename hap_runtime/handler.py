@@ -25,6 +25,7 @@ import torch
 
 from hap_runtime.admission import QueueWatch
 from hap_runtime.codec import DECODER, RequestError, decode_body
+from hap_runtime.keyfile import MGMT_ENV
 from hap_runtime.kserve import PLAIN, V2, adopt_envelopes, locate, pack, unpack
 from hap_runtime.scorer import TwoStageScorer
 from hap_runtime.shadow import WORKER_MS_HEADER, ShadowMirror
@@ -80,6 +81,9 @@ class HapTwoStageHandler:
         self.model_name = getattr(context, "model_name", None) or "hap"
         self.shadow = ShadowMirror.from_env(self.model_name, self.scorer.version)
         self.admission = QueueWatch.from_env(self.model_name, self.scorer.version, self.scorer.routing.shed_queue_depth)
+        if self.admission is not None:
+            log.info("load shedding above %d queued requests (queue read from %s)", self.admission.limit,
+                     os.environ.get(MGMT_ENV))  # fmt: skip
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name, self.scorer.version)
         self.metrics.flush(all_series=True)
         self.metrics.start_idle_flusher()

@@ -34,6 +34,7 @@ from typing import Any
 import requests
 
 from hap.config import KServeConfig, ServingConfig
+from hap_runtime.keyfile import HOME_ENV, MGMT_ENV
 from hap_runtime.kserve import answers_of, call_body
 from serving.archive import MODEL_NAME, mar_name
 from serving.errors import DeployFailed
@@ -122,6 +123,9 @@ def serving_runtime(cfg: ServingConfig) -> dict[str, Any]:
         "env": [
             {"name": "TS_SERVICE_ENVELOPE", "value": "{{.Labels.serviceEnvelope}}"},
             {"name": "HAP_TORCH_THREADS", "value": str(cfg.torch_threads)},
+            # the workers read their queue depth here to shed load (hap_runtime.admission); no key file: auth off
+            {"name": MGMT_ENV, "value": f"http://127.0.0.1:{MGMT_PORT}"},
+            {"name": HOME_ENV, "value": "/home/model-server/run"},
         ],
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": {

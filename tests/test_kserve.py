@@ -38,6 +38,7 @@ from serving.kserve import (
     CONFIG_PATH,
     ENVELOPES,
     INFRA,
+    MGMT_PORT,
     MOUNT,
     STORE_DIR,
     KServeTarget,
@@ -94,7 +95,9 @@ class _Revision:
         (mnt / CONFIG_PATH).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         container = _deserialize(runtime["spec"]["containers"][0], "V1Container")
         labels = {"serviceEnvelope": ENVELOPES[self.protocol]}
-        env = {e.name: e.value.replace("{{.Labels.serviceEnvelope}}", labels["serviceEnvelope"]) for e in container.env}
+        env = {e.name: e.value.replace("{{.Labels.serviceEnvelope}}", labels["serviceEnvelope"])
+               .replace(f"127.0.0.1:{MGMT_PORT}", f"127.0.0.1:{base_port + 1}")
+               .replace("/home/model-server/run", str(self.dir)) for e in container.env}  # fmt: skip
         args = [
             a.replace(MOUNT, str(mnt)).replace("/home/model-server/log4j2.xml", str(REPO / "serving" / "log4j2.xml"))
             for a in container.args
@@ -431,7 +434,9 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
 
     # the model_snapshot loaded the version as the default, batching on; concurrent calls are batched by
     # TorchServe and each keeps its own answer (TorchServe's stock envelopes fail such batches with 503)
-    (described,) = requests.get(f"{rev.mgmt_url}/models/hap", timeout=10).json()
+    (described,) = requests.get(f"{rev.mgmt_url}/models/hap", timeout=10).json()  # no token: auth off in the pod
+    # the workers read their queue depth from the pod's management API, without a key: shedding stays on
+    assert "load shedding above 64 queued requests" in (rev.dir / "logs" / "model_log.log").read_text()
     assert described["modelVersion"] == versions[0] and described["batchSize"] == cfg.serving.batch_size > 1
     with ThreadPoolExecutor(8) as pool:
         calls = list(pool.map(lambda b: requests.post(path, json=call_body(protocol, [b]), timeout=60), bodies * 8))
