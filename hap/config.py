@@ -258,6 +258,9 @@ class KServeConfig:
     scale_target: int = 4  # in flight per replica; Knative aims at 70%: ~2.8, ~150 rps on 2 cores (docs/benchmarks.md)
     cpu: str = "2"
     memory: str = "2Gi"
+    jwt_issuer: str = "https://issuer.example.com"  # the tokens Istio accepts at the predictor (infra/kserve/auth.yaml)
+    jwks_uri: str = "https://issuer.example.com/.well-known/jwks.json"
+    startup_timeout_s: int = 300  # a pod whose version has no READY worker by then is restarted (startup probe)
     ready_timeout_s: int = 600  # a rollout that is not Ready by then is rolled back
     poll_s: float = 5.0
 

@@ -32,5 +32,5 @@ class RoutingConfig:
     max_candidates: int = 10000
     max_k: int = 2000
     max_body_bytes: int = 8 * 2**20  # larger bodies are answered 413 before they are parsed
-    max_requests_per_call: int = 64  # requests in one KServe v1/v2 call (instances / BYTES elements)
+    max_requests_per_call: int = 16  # requests in one KServe v1/v2 call; together at most max_candidates
     shed_queue_depth: int = 64  # answer 503 overloaded while more requests wait in TorchServe's queue (0: never)

@@ -26,7 +26,7 @@ import torch
 from hap_runtime.admission import QueueWatch
 from hap_runtime.codec import DECODER, RequestError, decode_body
 from hap_runtime.keyfile import MGMT_ENV
-from hap_runtime.kserve import PLAIN, V2, adopt_envelopes, locate, pack, unpack
+from hap_runtime.kserve import PLAIN, V2, adopt_envelopes, call_too_big, locate, pack, unpack
 from hap_runtime.scorer import TwoStageScorer
 from hap_runtime.shadow import WORKER_MS_HEADER, ShadowMirror
 from hap_runtime.telemetry import HandlerMetrics
@@ -110,13 +110,16 @@ class HapTwoStageHandler:
                 raw = row.get("body") if row.get("body") is not None else row.get("data")
                 body = decode_body(raw, scorer.routing.max_body_bytes)
                 inner = unpack(protocol, body, scorer.routing.max_requests_per_call)
-                reqs = []
+                reqs, total = [], 0
                 for i, one in enumerate(inner):
                     try:
                         one = decode_body(one, scorer.routing.max_body_bytes) if protocol == V2 else one
                         reqs.append((scorer.parse(one), one))
                     except RequestError as err:
                         raise locate(protocol, i, err) from None
+                    total += len(reqs[-1][0].item_ids)
+                    if total > scorer.routing.max_candidates:  # a call costs at most one full-size request
+                        raise call_too_big(protocol, total, scorer.routing.max_candidates)
                 call_id = (body.get("id") or context.get_request_id(idx)) if protocol == V2 else ""
                 calls.append((idx, len(parsed), len(reqs), call_id))
                 parsed.extend(r for r, _ in reqs)

@@ -17,7 +17,8 @@ inside one call are scored in the batch's single pass, and a bad call gets its 4
 error shape, the plain endpoint's ``{"error": ..., "field": ..., "kind": ..., "status": ...}``, with
 ``field`` naming the place in the call (``instances[1].candidates[3].item_id``).
 
-Layouts (one call may carry up to ``RoutingConfig.max_requests_per_call`` requests):
+Layouts (one call may carry up to ``RoutingConfig.max_requests_per_call`` requests, holding together
+at most ``max_candidates`` candidates, so a call costs no more than the largest plain request):
 
 - v1: ``{"instances": [<request>, ...]}`` → ``{"predictions": [<answer>, ...]}``.
 - v2: ``{"id": "...", "inputs": [{"name": "request", "datatype": "BYTES", "shape": [n],
@@ -146,6 +147,14 @@ def locate(protocol: str, i: int, err: RequestError) -> RequestError:
     inner = "" if err.field == "body" else err.field
     field = f"{where}.{inner}" if inner and not inner.startswith("[") else f"{where}{inner}"
     return RequestError(field, err.message, err.kind, err.status)
+
+
+def call_too_big(protocol: str, total: int, limit: int) -> RequestError:
+    """A call whose requests hold more candidates together than one request may: refused (413), so
+    that one call never costs more than the largest plain request."""
+    where = "instances" if protocol == V1 else "inputs[0].data"
+    return RequestError(where, f"{total}+ candidates in the call's requests exceed the limit of {limit} per call",
+                        "too_many", 413)  # fmt: skip
 
 
 def pack(protocol: str, answers: list[dict[str, Any]], call_id: str, model_name: str, version: str) -> str:

@@ -210,8 +210,8 @@ def target_for(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Target:
 
 @contextlib.contextmanager
 def _deploy_lock(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Iterator[None]:
-    """One deploy, rollback or shadow change at a time, across processes: the local server's lock,
-    or for KServe a lock file in the workspace (the cluster object is also replaced optimistically)."""
+    """One deploy, rollback or shadow change at a time: the local server's lock; for KServe a lock
+    file in the workspace and the InferenceService's lock annotation (``KServeTarget.lock``)."""
     if isinstance(server, LocalTorchServe):
         with server.lock():
             yield
@@ -220,7 +220,8 @@ def _deploy_lock(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Itera
     with (ws.serving / "kserve-deploy.lock").open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            with server.lock():  # and the InferenceService's own lock, against deploys from other hosts
+                yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -270,7 +271,13 @@ def _deploy(
     except Exception as exc:
         try:
             target.withdraw(version, previous)
-        except Exception as cleanup:  # the next prune removes it; the deploy's own failure is the news
+        except Exception as cleanup:
+            if isinstance(target, KServeTarget):  # the cluster's traffic may not be where it was: say so
+                raise DeployFailed(
+                    f"deploy of {version} failed ({exc}) and withdrawing it failed too ({cleanup}): check the "
+                    f"InferenceService (runbook: Serving on KServe, roll back)"
+                ) from exc
+            # locally the default never moved; the next prune unregisters the version
             log.warning("could not withdraw %s after its failed deploy: %s", version, cleanup)
         raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
     if isinstance(target, KServeTarget):

@@ -6,27 +6,35 @@ cluster side of ``hap deploy`` (``serving.mode: kserve``).
   default version of ``hap``) and ``model-store/hap-<version>.mar``. KServe's storage initializer
   copies it to ``/mnt/models``.
 - **Container.** TorchServe itself answers KServe on port 8080 (``/v1/models/hap:predict`` or
-  ``/v2/models/hap/infer``, through the envelope the runtime sets from ``protocolVersion``; see
-  ``hap_runtime.kserve``); metrics on 8082; the management API only on the pod's loopback, with the
-  model API off. Readiness is TorchServe's ``/ping``, which is Healthy only once the default
-  version's workers are up.
+  ``/v2/models/hap/infer``) through the envelope named in the published ``config.properties``
+  (``service_envelope``, from ``serving.kserve.protocol``; KServe sets ``TS_SERVICE_ENVELOPE`` only for
+  its own runtime), adopted by the archive's handler (``hap_runtime.kserve``); metrics on 8082; the
+  management API only on the pod's loopback, with the model API off.
+- **Probes.** A startup and a liveness probe run ``hap-probe.py`` (the default version has a READY
+  worker, asked of the loopback management API: TorchServe's ``/ping`` stays Healthy while a broken
+  handler's workers restart); readiness is ``/ping`` over HTTP, which Knative's queue-proxy runs.
 - **Auth in the cluster.** TorchServe's token authorization is off inside the pod: its keys are
   random per process and expire, so nothing in front of several replicas (KServe's router, probes,
-  the ingress) could hold a valid key for each. Requests are authenticated at the ingress, and a
-  NetworkPolicy admits only the ingress/activator and Prometheus (``infra/kserve``, runbook's threat
-  model). Local mode keeps loopback listeners and token authorization.
-- **Deploy.** ``KServeTarget`` is the target ``serving.deploy.roll_out`` drives: publish, roll out
-  as a canary taking ``canary_percent`` of the traffic, smoke the canary through the protocol
-  against the offline scorer, then promote (the canary takes all traffic) or roll back (the
-  InferenceService returns to the previous version's storage URI).
+  the ingress) could hold a valid key for each. Istio checks a JWT on every request at the
+  predictor's own sidecar (``RequestAuthentication`` + ``AuthorizationPolicy``), so the
+  cluster-local gateway is no way around it, and a NetworkPolicy admits only Knative, the gateways
+  and Prometheus (runbook's threat model). Local mode keeps loopback listeners and token authorization.
+- **Deploy.** ``KServeTarget`` is the target ``serving.deploy`` drives: publish, roll out as a
+  canary taking ``canary_percent`` of the traffic, smoke the canary through the protocol against the
+  offline scorer, then promote it (all traffic to the new revision) or withdraw it (its share to 0
+  at once, then back to the previous version's storage URI). A lock annotation keeps two deploys
+  from driving the InferenceService at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +56,10 @@ MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storage URI
 HTTP_PORT, METRICS_PORT, MGMT_PORT = 8080, 8082, 8085
 CONFIG_PATH, STORE_DIR = "config/config.properties", "model-store"
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}  # TorchServe's envelope for each protocolVersion
+PROBE = "/usr/local/bin/hap-probe.py"  # infra/torchserve/probe.py in the image
+LOCK = "hap.kserve/deploy-lock"  # annotation held by the deploy driving the InferenceService
 TOKEN_ENV = "HAP_KSERVE_TOKEN"
-"""Bearer token ``hap`` sends to the ingress when smoking a canary (from a Secret; never in config)."""
+"""Bearer token (a JWT the predictors accept) ``hap`` sends when smoking a canary; from a Secret, never in config."""
 INFRA = Path(__file__).resolve().parents[1] / "infra" / "kserve"
 
 
@@ -78,8 +88,8 @@ def container_properties(cfg: ServingConfig, version: str) -> dict[str, str]:
         "grpc_inference_port": "7070",
         "grpc_management_port": "7071",
         "model_store": f"{MOUNT}/{STORE_DIR}",
-        "enable_envvars_config": "true",  # TS_SERVICE_ENVELOPE, set by the ServingRuntime per protocol
-        "disable_token_authorization": "true",  # authenticated at the ingress (module docstring)
+        "service_envelope": ENVELOPES[cfg.kserve.protocol],  # the InferenceService's protocolVersion
+        "disable_token_authorization": "true",  # Istio checks a JWT at the pod (module docstring)
         "model_snapshot": json.dumps(snapshot, separators=(",", ":")),
         **frontend_properties(cfg),
         "metrics_config": "/home/model-server/metrics.yaml",
@@ -108,6 +118,7 @@ def publish(mar: Path, version: str, cfg: ServingConfig) -> str:
 def serving_runtime(cfg: ServingConfig) -> dict[str, Any]:
     """The ServingRuntime running our image the way KServe's TorchServe runtime runs its own."""
     k = cfg.kserve
+    probe = ["python", PROBE, f"--management-url=http://127.0.0.1:{MGMT_PORT}"]
     container = {
         "name": "kserve-container",
         "image": k.image,
@@ -121,25 +132,21 @@ def serving_runtime(cfg: ServingConfig) -> dict[str, Any]:
             "--log-config=/home/model-server/log4j2.xml",
         ],
         "env": [
-            {"name": "TS_SERVICE_ENVELOPE", "value": "{{.Labels.serviceEnvelope}}"},
             {"name": "HAP_TORCH_THREADS", "value": str(cfg.torch_threads)},
             # the workers read their queue depth here to shed load (hap_runtime.admission); no key file: auth off
             {"name": MGMT_ENV, "value": f"http://127.0.0.1:{MGMT_PORT}"},
             {"name": HOME_ENV, "value": "/home/model-server/run"},
         ],
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/ping", "port": HTTP_PORT},
-            "initialDelaySeconds": 10,
+        # Knative's queue-proxy runs the readiness probe (HTTP); the kubelet runs startup and liveness
+        "readinessProbe": {"httpGet": {"path": "/ping", "port": HTTP_PORT}, "periodSeconds": 5, "failureThreshold": 3},
+        "startupProbe": {
+            "exec": {"command": probe},
             "periodSeconds": 5,
-            "failureThreshold": 3,
+            "failureThreshold": max(1, k.startup_timeout_s // 5),
+            "timeoutSeconds": 5,
         },
-        "livenessProbe": {
-            "tcpSocket": {"port": HTTP_PORT},
-            "initialDelaySeconds": 60,
-            "periodSeconds": 20,
-            "failureThreshold": 3,
-        },
+        "livenessProbe": {"exec": {"command": probe}, "periodSeconds": 20, "failureThreshold": 6, "timeoutSeconds": 5},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 1000,
@@ -160,9 +167,9 @@ def serving_runtime(cfg: ServingConfig) -> dict[str, Any]:
     }
 
 
-def inference_service(cfg: ServingConfig, version: str, canary: bool = False) -> dict[str, Any]:
-    """The InferenceService serving ``version``; ``canary`` sends it only ``canary_percent`` of the
-    traffic (the rest stays on the last rolled-out revision)."""
+def inference_service(cfg: ServingConfig, version: str, canary: int | None = None) -> dict[str, Any]:
+    """The InferenceService serving ``version``; with ``canary`` (a percentage) the newest revision
+    gets only that share of the traffic, the rest stays on the last rolled-out revision."""
     k = cfg.kserve
     model = {
         "modelFormat": {"name": "pytorch"},
@@ -181,8 +188,8 @@ def inference_service(cfg: ServingConfig, version: str, canary: bool = False) ->
         "timeout": cfg.response_timeout_s,
         "model": model,
     }
-    if canary:
-        predictor["canaryTrafficPercent"] = k.canary_percent
+    if canary is not None:
+        predictor["canaryTrafficPercent"] = canary
     return {
         "apiVersion": f"{GROUP}/{API_VERSION}",
         "kind": "InferenceService",
@@ -201,9 +208,9 @@ def inference_service(cfg: ServingConfig, version: str, canary: bool = False) ->
 
 
 def network_policy(cfg: ServingConfig) -> dict[str, Any]:
-    """Who may reach the predictor pods, whose TorchServe has no token authorization: Knative's
-    activator and the ingress gateway (the only paths for requests, authenticated at the ingress),
-    and Prometheus for metrics. Everything else in the cluster is refused."""
+    """Who may reach the predictor pods, whose TorchServe has no token authorization: Knative
+    (activator, autoscaler) and Istio's gateways, and Prometheus for metrics; everything else in the
+    cluster is refused. The JWT itself is checked at the pod's sidecar (``request_auth``)."""
     k = cfg.kserve
 
     def namespace(name: str) -> dict[str, Any]:
@@ -231,6 +238,35 @@ def network_policy(cfg: ServingConfig) -> dict[str, Any]:
     }
 
 
+def request_auth(cfg: ServingConfig) -> list[dict[str, Any]]:
+    """Istio's JWT check on the predictor pods themselves (their sidecars): every request to the
+    prediction paths needs a valid token from ``jwt_issuer``, whichever gateway it came through."""
+    k = cfg.kserve
+    meta = {"namespace": k.namespace, "labels": {"app.kubernetes.io/part-of": "hap"}}
+    selector = {"matchLabels": {"serving.kserve.io/inferenceservice": k.name}}
+    paths = ["/v1/*", "/v2/*", "/predictions/*"]
+    return [
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": f"{k.name}-jwt", **meta},
+            "spec": {"selector": selector, "jwtRules": [{"issuer": k.jwt_issuer, "jwksUri": k.jwks_uri}]},
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": f"{k.name}-require-jwt", **meta},
+            "spec": {
+                "selector": selector,
+                "action": "DENY",  # a request without a valid token's principal, to a prediction path
+                "rules": [
+                    {"from": [{"source": {"notRequestPrincipals": ["*"]}}], "to": [{"operation": {"paths": paths}}]}
+                ],
+            },
+        },
+    ]
+
+
 def render_examples(dest: Path = INFRA, cfg: ServingConfig | None = None) -> list[Path]:
     """The committed manifests (kept fresh by a test): ``python -m serving.kserve``."""
     import yaml
@@ -241,6 +277,7 @@ def render_examples(dest: Path = INFRA, cfg: ServingConfig | None = None) -> lis
         "servingruntime.yaml": serving_runtime(cfg),
         "inferenceservice.yaml": inference_service(cfg, "20261122.1"),
         "networkpolicy.yaml": network_policy(cfg),
+        "auth.yaml": request_auth(cfg),
         "config.properties": None,
     }
     out = []
@@ -251,6 +288,8 @@ def render_examples(dest: Path = INFRA, cfg: ServingConfig | None = None) -> lis
                 "# The published config/config.properties of version 20261122.1 (serving.kserve.container_properties)\n"
             )
             path.write_text(header + body + properties_text(container_properties(cfg, "20261122.1")))
+        elif isinstance(doc, list):
+            path.write_text(header + yaml.safe_dump_all(doc, sort_keys=False))
         else:
             path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
         out.append(path)
@@ -285,10 +324,34 @@ class Answer:
     text: str
 
 
+def _predictor_status(isvc: dict[str, Any]) -> dict[str, Any]:
+    return isvc.get("status", {}).get("components", {}).get("predictor", {})
+
+
+def _traffic(isvc: dict[str, Any]) -> dict[str, int]:
+    """Revision name → percent of the traffic, as KServe reports it."""
+    out: dict[str, int] = {}
+    for target in _predictor_status(isvc).get("traffic", []):
+        name = target.get("revisionName")
+        if name:
+            out[name] = out.get(name, 0) + int(target.get("percent") or 0)
+    return out
+
+
 class KServeTarget:
-    """The InferenceService as ``roll_out``'s target: stage = publish + canary rollout, ask = the
-    canary through the protocol, promote = all traffic to the canary, withdraw = back to the
-    previous version's storage URI."""
+    """The InferenceService as the deploy's target.
+
+    - stage: publish, then point the service at the version; with a version already serving, as a
+      canary taking ``canary_percent`` (Knative starts a revision; the rolled-out one keeps the rest);
+    - ask: the smoke requests through the protocol, at the new revision's own URL (tag ``latest``);
+    - promote: drop ``canaryTrafficPercent``: the new revision takes all the traffic;
+    - withdraw: the canary's share to 0 at once (traffic back on the rolled-out revision), then the
+      previous version's storage URI as a new revision, and only once that is Ready all traffic to it;
+    - restore: a rollback: the given version's storage URI, all traffic once its revision is Ready.
+
+    Each change waits for KServe's status: a new revision created and Ready, and the traffic split
+    that was asked for.
+    """
 
     kind = "kserve"
 
@@ -296,6 +359,7 @@ class KServeTarget:
         self.cfg, self.k = cfg, cfg.kserve
         self.api = api or _custom_objects_api()
         self.http = http or requests.Session()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
 
     # ---- the cluster object ----
 
@@ -307,42 +371,76 @@ class KServeTarget:
                 return None
             raise
 
-    def _apply(self, version: str, canary: bool) -> None:
-        """Create the InferenceService or replace its spec (optimistic: a concurrent change fails)."""
+    def _replace(self, obj: dict[str, Any]) -> None:
+        """Replace with the ``resourceVersion`` just read: a change made meanwhile fails with 409."""
+        try:
+            self.api.replace_namespaced_custom_object(
+                GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, self.k.name, obj
+            )
+        except Exception as exc:  # noqa: BLE001
+            if getattr(exc, "status", None) == 409:
+                raise DeployFailed("the InferenceService changed while this deploy was writing it; retry") from exc
+            raise
+
+    def _apply(self, version: str, canary: int | None) -> bool:
+        """Point the service at ``version`` with ``canary``; labels and annotations set by others are
+        kept. Returns whether the model changed (Knative then starts a new revision)."""
         desired = inference_service(self.cfg, version, canary)
         current = self._get()
         if current is None:
+            desired["metadata"]["annotations"][LOCK] = self._lock_value()
             self.api.create_namespaced_custom_object(GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, desired)
-            return
+            return True
         if current["spec"] == desired["spec"]:
-            return  # already what it should be: no new generation
+            return False
+        model_changed = current["spec"]["predictor"]["model"] != desired["spec"]["predictor"]["model"]
+        meta = current["metadata"]
         desired["metadata"] = {
-            **current["metadata"],
-            "labels": desired["metadata"]["labels"],
-            "annotations": {**current["metadata"].get("annotations", {}), **desired["metadata"]["annotations"]},
+            **meta,
+            "labels": {**meta.get("labels", {}), **desired["metadata"]["labels"]},
+            "annotations": {**meta.get("annotations", {}), **desired["metadata"]["annotations"]},
         }
-        self.api.replace_namespaced_custom_object(
-            GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, self.k.name, desired
-        )
+        self._replace(desired)
+        return model_changed
 
-    def _wait_ready(self, what: str) -> dict[str, Any]:
-        """Until the controller has seen the latest spec and the InferenceService is Ready."""
+    def _change(self, what: str, version: str, canary: int | None) -> dict[str, Any]:
+        """Apply, then wait until KServe reports it done: a new revision (if the model changed)
+        created and Ready, and the traffic split asked for."""
+        before = _predictor_status(self._get() or {}).get("latestCreatedRevision")
+        new_revision = self._apply(version, canary)
         deadline = time.monotonic() + self.k.ready_timeout_s
         while True:
             isvc = self._get() or {}
-            status = isvc.get("status", {})
-            ready = {c["type"]: c for c in status.get("conditions", [])}.get("Ready", {})
-            seen = status.get("observedGeneration") == isvc.get("metadata", {}).get("generation")
-            if seen and ready.get("status") == "True":
+            status = _predictor_status(isvc)
+            created, ready_rev = status.get("latestCreatedRevision"), status.get("latestReadyRevision")
+            conditions = {c["type"]: c for c in isvc.get("status", {}).get("conditions", [])}
+            traffic = _traffic(isvc)
+            if new_revision:  # Knative's new revision exists and is Ready, then the split
+                done = created not in (None, before) and created == ready_rev
+                done = done and conditions.get("Ready", {}).get("status") == "True"
+                failed = [
+                    c for c in conditions.values() if c.get("reason") == "RevisionFailed" and c["status"] == "False"
+                ]
+                if created not in (None, before) and failed:
+                    raise DeployFailed(f"{what}: revision {created} failed: {failed[0].get('message', '')}")
+            else:  # only the split changes (a failed canary may never have become Ready)
+                done, created = True, created if canary is not None else ready_rev
+            rolled = status.get("latestRolledoutRevision")
+            if done and canary is None and traffic.get(created) == 100:
                 return isvc
-            if seen and ready.get("status") == "False" and ready.get("reason") in {"RevisionFailed", "Failed"}:
-                raise DeployFailed(f"{what}: InferenceService not ready: {ready.get('message', '')}")
+            if done and canary is not None and traffic.get(rolled, 0) == 100 - canary:
+                if canary == 0 or traffic.get(created) == canary:
+                    return isvc
             if time.monotonic() > deadline:
-                raise DeployFailed(f"{what}: not Ready within {self.k.ready_timeout_s}s ({ready.get('message', '')})")
+                ready = conditions.get("Ready", {})
+                raise DeployFailed(
+                    f"{what}: not done within {self.k.ready_timeout_s}s (created {created}, ready {ready_rev}, "
+                    f"traffic {traffic}, Ready={ready.get('status')} {ready.get('message', '')})"
+                )
             time.sleep(self.k.poll_s)
 
     def _url(self, isvc: dict[str, Any], tag: str | None) -> str:
-        predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+        predictor = _predictor_status(isvc)
         if tag is None:
             return predictor.get("url") or isvc["status"]["url"]
         for target in predictor.get("traffic", []):
@@ -350,16 +448,60 @@ class KServeTarget:
                 return target["url"]
         raise DeployFailed(f"no URL for the {tag!r} revision (is tag routing on?)")
 
+    # ---- one deploy at a time ----
+
+    def _lock_value(self) -> str:
+        return json.dumps({"holder": self.holder, "since": time.time()})
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the InferenceService's lock annotation for the deploy or rollback: another holder
+        (another host's deploy) is refused unless its lock is older than four rollout timeouts."""
+        isvc = self._get()
+        if isvc is not None:
+            held = isvc["metadata"].get("annotations", {}).get(LOCK)
+            if held:
+                info = json.loads(held)
+                age = time.time() - float(info.get("since", 0))
+                if info.get("holder") != self.holder and age < 4 * self.k.ready_timeout_s:
+                    raise DeployFailed(f"another deploy ({info.get('holder')}) has been driving "
+                                       f"{self.k.name} for {age:.0f}s; wait for it, or see the runbook")  # fmt: skip
+            isvc["metadata"].setdefault("annotations", {})[LOCK] = self._lock_value()
+            self._replace(isvc)
+        try:
+            yield
+        finally:
+            for _ in range(3):  # the controller updates status meanwhile: re-read and retry on conflict
+                isvc = self._get()
+                if isvc is None or LOCK not in isvc["metadata"].get("annotations", {}):
+                    break
+                del isvc["metadata"]["annotations"][LOCK]
+                try:
+                    self._replace(isvc)
+                    break
+                except DeployFailed:
+                    continue
+
     # ---- the deploy target ----
 
     def serving(self) -> str | None:
-        """The version taking the traffic now (the rolled-out storage URI)."""
-        return _version_of(self._get())
+        """The version the InferenceService serves; refused while a canary is in progress (a
+        deploy elsewhere, or one that crashed), since the rolled-out version is then not its spec's."""
+        isvc = self._get()
+        if isvc is None:
+            return None
+        predictor = isvc["spec"]["predictor"]
+        if predictor.get("canaryTrafficPercent") is not None:
+            raise DeployFailed(
+                f"a canary of {_version_of(isvc)} is in progress ({predictor['canaryTrafficPercent']}% of the "
+                "traffic): finish it first (runbook: Serving on KServe, roll back)"
+            )
+        return _version_of(isvc)
 
     def stage(self, version: str, mar: Path, previous: str | None) -> None:
         publish(mar, version, self.cfg)
-        self._apply(version, canary=previous is not None and previous != version)
-        self._wait_ready(f"rollout of {version}")
+        canary = self.k.canary_percent if previous is not None and previous != version else None
+        self._change(f"rollout of {version}", version, canary)
 
     def ask(self, version: str, bodies: list[dict[str, Any]]) -> list[Answer]:
         """The smoke requests in one protocol call to the new revision (the canary's own URL)."""
@@ -376,21 +518,29 @@ class KServeTarget:
         return [Answer(200, json.dumps(a)) for a in answers_of(self.k.protocol, r.json())]
 
     def promote(self, version: str) -> None:
-        self._apply(version, canary=False)
-        self._wait_ready(f"promotion of {version}")
+        self._change(f"promotion of {version}", version, None)
 
     def withdraw(self, version: str, previous: str | None) -> None:
-        """Back to ``previous`` (all traffic, no canary); with no previous version, delete the service."""
-        if previous is None:
+        """Take the failed version out of the traffic without ever giving it more than its canary share."""
+        if previous is None:  # the first deploy created the service: nothing served before it
             self.api.delete_namespaced_custom_object(GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, self.k.name)
             return
-        self._apply(previous, canary=False)
-        self._wait_ready(f"rollback to {previous}")
+        isvc = self._get()
+        if isvc is None or (
+            _version_of(isvc) == previous and isvc["spec"]["predictor"].get("canaryTrafficPercent") is None
+        ):
+            return  # it never left the previous version
+        if _version_of(isvc) != previous:
+            self._change(f"withdrawing {version}", _version_of(isvc), 0)  # its share to 0 at once
+            self._change(f"rollback to {previous}", previous, 0)  # a revision of previous, no traffic yet
+        self._change(f"rollback to {previous}", previous, None)  # then all traffic to it
 
     def restore(self, version: str) -> None:
-        """Rollback: ``version`` (already published) takes all the traffic again."""
-        self._apply(version, canary=False)
-        self._wait_ready(f"rollback to {version}")
+        """Rollback: ``version`` (already published) takes all the traffic once its revision is Ready."""
+        isvc = self._get()
+        if isvc is not None and isvc["spec"]["predictor"].get("canaryTrafficPercent") is not None:
+            self._change(f"withdrawing the canary of {_version_of(isvc)}", _version_of(isvc), 0)
+        self._change(f"rollback to {version}", version, None)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -38,8 +39,10 @@ from serving.kserve import (
     CONFIG_PATH,
     ENVELOPES,
     INFRA,
+    LOCK,
     MGMT_PORT,
     MOUNT,
+    PROBE,
     STORE_DIR,
     KServeTarget,
     container_properties,
@@ -67,9 +70,10 @@ def _props(text: str) -> dict[str, str]:
 
 class _Revision:
     """One predictor revision: the storage URI copied to its ``/mnt/models`` and the runtime's
-    container command running there."""
+    container command running there, with the envelope the published config names."""
 
-    def __init__(self, name: str, isvc: dict, runtime: dict, root: Path, base_port: int, corrupt: set[str]) -> None:
+    def __init__(self, name: str, isvc: dict, runtime: dict, root: Path, base_port: int, corrupt: set[str],
+                 broken: set[str]) -> None:  # fmt: skip
         import fsspec
 
         model = isvc["spec"]["predictor"]["model"]
@@ -81,11 +85,15 @@ class _Revision:
         if self.storage_uri in corrupt:
             (mar,) = (mnt / STORE_DIR).glob("*.mar")
             _tamper(mar)
+        if self.storage_uri in broken:  # an archive cut short in transit: TorchServe cannot load it
+            (mar,) = (mnt / STORE_DIR).glob("*.mar")
+            mar.write_bytes(mar.read_bytes()[:4096])
         props = _props((mnt / CONFIG_PATH).read_text())
+        self.envelope = props["service_envelope"]
         self.url, self.mgmt_url = f"http://127.0.0.1:{base_port}", f"http://127.0.0.1:{base_port + 1}"
         props.update(  # a pod's own network and the image's paths, on this machine
             inference_address=self.url,
-            management_address=f"http://127.0.0.1:{base_port + 1}",
+            management_address=self.mgmt_url,
             metrics_address=f"http://127.0.0.1:{base_port + 2}",
             grpc_inference_port=str(base_port + 3),
             grpc_management_port=str(base_port + 4),
@@ -94,14 +102,13 @@ class _Revision:
         )
         (mnt / CONFIG_PATH).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         container = _deserialize(runtime["spec"]["containers"][0], "V1Container")
-        labels = {"serviceEnvelope": ENVELOPES[self.protocol]}
-        env = {e.name: e.value.replace("{{.Labels.serviceEnvelope}}", labels["serviceEnvelope"])
-               .replace(f"127.0.0.1:{MGMT_PORT}", f"127.0.0.1:{base_port + 1}")
-               .replace("/home/model-server/run", str(self.dir)) for e in container.env}  # fmt: skip
-        args = [
-            a.replace(MOUNT, str(mnt)).replace("/home/model-server/log4j2.xml", str(REPO / "serving" / "log4j2.xml"))
-            for a in container.args
-        ]
+        self.probe = [self._local(a, base_port) for a in container.startup_probe._exec.command]
+        self.probe[0] = os.sys.executable
+        startup = container.startup_probe
+        self.startup_deadline = time.monotonic() + startup.period_seconds * startup.failure_threshold
+        self.failed = False
+        env = {e.name: self._local(e.value, base_port) for e in container.env}
+        args = [self._local(a, base_port) for a in container.args]
         tmp = self.dir / "tmp"
         tmp.mkdir(parents=True)
         bin_dir = str(Path(os.sys.executable).parent)
@@ -116,8 +123,27 @@ class _Revision:
             start_new_session=True,
         )  # fmt: skip
 
+    def _local(self, value: str, base_port: int) -> str:
+        """The image's paths and the pod's loopback ports, as they are on this machine."""
+        return (
+            value.replace(MOUNT, str(self.dir / "mnt-models"))
+            .replace("/home/model-server/log4j2.xml", str(REPO / "serving" / "log4j2.xml"))
+            .replace("/home/model-server/run", str(self.dir))
+            .replace(PROBE, str(REPO / "infra" / "torchserve" / "probe.py"))
+            .replace(f"127.0.0.1:{MGMT_PORT}", f"127.0.0.1:{base_port + 1}")
+        )
+
     def ready(self) -> bool:
-        """The runtime's readiness probe: TorchServe's /ping on the inference port."""
+        """The runtime's probes: the startup probe's command (the kubelet; failing past its
+        threshold, the container is killed and the revision failed) and /ping (queue-proxy)."""
+        if self.failed:
+            return False
+        if subprocess.run(self.probe, capture_output=True).returncode != 0:
+            if time.monotonic() > self.startup_deadline:
+                self.failed = True
+                self.stop()
+            return False
+        self.startup_deadline = float("inf")  # started: the startup probe is done
         try:
             return requests.get(f"{self.url}/ping", timeout=2).status_code == 200
         except requests.RequestException:
@@ -130,47 +156,57 @@ class _Revision:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
+
+
+def _api_error(status: int) -> Exception:
+    return type("ApiException", (Exception,), {"status": status})()
 
 
 class _KServeStandIn:
-    """KServe's API for one InferenceService: get, create, replace, delete. A changed predictor
-    spec rolls out a new revision (``canaryTrafficPercent`` splits traffic with the last rolled-out
-    one; without it the new one takes everything and the old one is torn down). Returning to the
-    storage URI and protocol of the rolled-out revision reuses it (Knative would start an identical
-    new revision)."""
+    """KServe's API for one InferenceService (get, create, replace, delete) with Knative's revisions:
+    every change of the predictor's model starts a new revision; without ``canaryTrafficPercent``
+    the latest Ready revision takes all the traffic (and becomes the rolled-out one), with it the
+    latest revision gets that share once Ready and the rolled-out one the rest. Revisions left
+    without traffic are scaled away. ``history`` records every traffic split."""
 
     def __init__(self, root: Path, runtime: dict, free_port_block) -> None:
         self.root, self.runtime, self.ports = root, runtime, free_port_block
         self.obj: dict | None = None
         self.revisions: dict[str, _Revision] = {}
-        self.rolled_out: str | None = None  # the revision taking the traffic outside a canary
-        self.latest: str | None = None
+        self.order: list[str] = []  # revision names, oldest first
+        self.rolled_out: str | None = None
         self.created = 0
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # spec changes: "create uri canary", "replace uri canary"
+        self.history: list[dict[str, int]] = []
         self.corrupt: set[str] = set()  # storage URIs whose archive arrives with other weights
-
-    @staticmethod
-    def _not_found():
-        return type("ApiException", (Exception,), {"status": 404})()
+        self.broken: set[str] = set()  # storage URIs whose archive arrives cut short
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         if self.obj is None:
-            raise self._not_found()
+            raise _api_error(404)
         self._reconcile()
         return copy.deepcopy(self.obj)
 
+    def _describe(self, spec: dict) -> str:
+        predictor = spec["predictor"]
+        return f"{predictor['model']['storageUri'].rsplit('/', 1)[-1]} canary={predictor.get('canaryTrafficPercent')}"
+
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
-        assert self.obj is None
-        self.calls.append("create")
+        if self.obj is not None:
+            raise _api_error(409)
+        self.calls.append(f"create {self._describe(body['spec'])}")
         self.obj = copy.deepcopy(body)
         self.obj["metadata"].update(generation=1, resourceVersion="1")
-        self._roll_out()
+        self._new_revision()
 
     def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
-        assert self.obj is not None and body["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
-        self.calls.append(f"replace canary={body['spec']['predictor'].get('canaryTrafficPercent')}")
+        if self.obj is None:
+            raise _api_error(404)
+        if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
+            raise _api_error(409)
         old = self.obj
         self.obj = copy.deepcopy(body)
         meta = self.obj["metadata"]
@@ -178,55 +214,64 @@ class _KServeStandIn:
         meta["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
         self.obj["status"] = old.get("status", {})
         if old["spec"] != body["spec"]:
-            self._roll_out()
+            self.calls.append(f"replace {self._describe(body['spec'])}")
+            if old["spec"]["predictor"]["model"] != body["spec"]["predictor"]["model"]:
+                self._new_revision()
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append("delete")
         self.obj = None
-        for rev in self.revisions.values():
-            rev.stop()
-        self.revisions, self.rolled_out, self.latest = {}, None, None
+        self.close()
+        self.revisions, self.order, self.rolled_out = {}, [], None
 
-    def _roll_out(self) -> None:
-        model = self.obj["spec"]["predictor"]["model"]
-        same = [n for n, r in self.revisions.items()
-                if (r.storage_uri, r.protocol) == (model["storageUri"], model["protocolVersion"])]  # fmt: skip
-        if same:
-            self.latest = same[0]
-        else:
-            self.created += 1
-            name = f"{self.obj['metadata']['name']}-predictor-{self.created:05d}"
-            self.revisions[name] = _Revision(name, self.obj, self.runtime, self.root, self.ports(5), self.corrupt)
-            self.latest = name
+    def _new_revision(self) -> None:
+        self.created += 1
+        name = f"{self.obj['metadata']['name']}-predictor-{self.created:05d}"
+        self.revisions[name] = _Revision(
+            name, self.obj, self.runtime, self.root, self.ports(5), self.corrupt, self.broken
+        )
+        self.order.append(name)
 
     def _reconcile(self) -> None:
-        """Status as KServe writes it once the latest revision is ready."""
-        rev = self.revisions[self.latest]
+        """Status and traffic as KServe and Knative would make them now."""
         meta, predictor = self.obj["metadata"], self.obj["spec"]["predictor"]
-        if not rev.ready():
-            failed = rev.proc.poll() is not None
-            self.obj["status"] = {**self.obj.get("status", {}), "observedGeneration": meta["generation"],
-                                  "conditions": [{"type": "Ready", "status": "False",
-                                                  "reason": "RevisionFailed" if failed else "Progressing"}]}  # fmt: skip
-            return
+        created = self.order[-1]
+        ready = [n for n in self.order if n in self.revisions and self.revisions[n].ready()]
+        latest_ready = ready[-1] if ready else None
         canary = predictor.get("canaryTrafficPercent")
-        if canary is None or self.rolled_out in (None, self.latest):
-            for name in [n for n in self.revisions if n != self.latest]:
-                self.revisions.pop(name).stop()
-            self.rolled_out = self.latest
-            traffic = [{"tag": "latest", "revisionName": self.latest, "percent": 100, "url": rev.url}]
+        if canary is None or self.rolled_out is None:
+            traffic = {latest_ready: 100} if latest_ready else {}
+            self.rolled_out = latest_ready or self.rolled_out
+        elif latest_ready == created and created != self.rolled_out:
+            traffic = {self.rolled_out: 100 - canary, created: canary}
         else:
-            prev = self.revisions[self.rolled_out]
-            traffic = [{"tag": "prev", "revisionName": self.rolled_out, "percent": 100 - canary, "url": prev.url},
-                       {"tag": "latest", "revisionName": self.latest, "percent": canary, "url": rev.url}]  # fmt: skip
+            traffic = {self.rolled_out: 100}
+        if not self.history or self.history[-1] != traffic:
+            self.history.append(dict(traffic))
+        for name in [n for n in self.revisions if n != created and not traffic.get(n)]:
+            self.revisions.pop(name).stop()  # scaled to zero
+        tags = {self.rolled_out: "prev", created: "latest"}
+        targets = [{"tag": tags.get(n, ""), "revisionName": n, "percent": p, "url": self.revisions[n].url}
+                   for n, p in traffic.items()]  # fmt: skip
+        if created not in traffic and created in self.revisions:
+            targets.append({"tag": "latest", "revisionName": created, "percent": 0, "url": self.revisions[created].url})
+        failed = created in self.revisions and (
+            self.revisions[created].failed or self.revisions[created].proc.poll() is not None
+        )
+        ok = latest_ready == created
         self.obj["status"] = {
-            "observedGeneration": meta["generation"],
             "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "components": {"predictor": {"url": self.revisions[self.rolled_out].url, "traffic": traffic,
-                                         "latestRolledoutRevision": self.rolled_out,
-                                         "latestCreatedRevision": self.latest}},
+            "conditions": [{"type": "Ready", "status": "True" if ok else "False",
+                            **({"reason": "RevisionFailed", "message": "the container exited"} if failed else {})}],
+            "components": {"predictor": {
+                "url": self.revisions[self.rolled_out].url if self.rolled_out in self.revisions else None,
+                "traffic": targets, "latestCreatedRevision": created, "latestReadyRevision": latest_ready,
+                "latestRolledoutRevision": self.rolled_out}},
         }  # fmt: skip
+
+    def serving_revision(self) -> _Revision:
+        (name,) = [n for n, p in self.history[-1].items() if p == 100]
+        return self.revisions[name]
 
     def close(self) -> None:
         for rev in self.revisions.values():
@@ -241,6 +286,23 @@ def test_committed_manifests_are_fresh(tmp_path):
         assert path.read_text() == (INFRA / path.name).read_text(), "run: python -m serving.kserve"
 
 
+PREDICTOR_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "model",
+    "serviceAccountName",
+    "nodeSelector",
+    "tolerations",
+}
+MODEL_FIELDS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "resources", "env", "args"}
+"""Field names of KServe v1beta1's PredictorSpec and ModelSpec that we may set (its Go types)."""
+
+
 def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_kserve_needs():
     cfg = ServingConfig()
     runtime = yaml.safe_load((INFRA / "servingruntime.yaml").read_text())
@@ -248,8 +310,12 @@ def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_k
     assert runtime["spec"]["protocolVersions"] == ["v1", "v2"]
     assert [p.container_port for p in container.ports] == [8080]  # the port KServe routes to
     assert container.readiness_probe.http_get.path == "/ping" and container.readiness_probe.http_get.port == 8080
+    # startup and liveness (run by the kubelet) ask whether the default version has a READY worker
+    for probe in (container.startup_probe, container.liveness_probe):
+        assert probe._exec.command[:2] == ["python", PROBE] and f"127.0.0.1:{MGMT_PORT}" in probe._exec.command[2]
+    assert PROBE in (REPO / "infra" / "torchserve" / "Dockerfile").read_text()  # the probe script is in the image
     assert container.security_context.run_as_non_root and container.security_context.capabilities.drop == ["ALL"]
-    assert {e.name: e.value for e in container.env}["TS_SERVICE_ENVELOPE"] == "{{.Labels.serviceEnvelope}}"
+    assert "TS_SERVICE_ENVELOPE" not in {e.name for e in container.env}  # the published config names it
     assert (
         f"--ts-config={MOUNT}/{CONFIG_PATH}" in container.args
         and f"--model-store={MOUNT}/{STORE_DIR}" in container.args
@@ -258,10 +324,11 @@ def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_k
     meta = _deserialize(isvc["metadata"], "V1ObjectMeta")
     assert meta.annotations["serving.kserve.io/enable-tag-routing"] == "true"
     predictor = isvc["spec"]["predictor"]
+    assert set(predictor) <= PREDICTOR_FIELDS and set(predictor["model"]) <= MODEL_FIELDS
     assert predictor["model"]["runtime"] == runtime["metadata"]["name"]
-    assert set(predictor) <= {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "containerConcurrency",
-                              "timeout", "canaryTrafficPercent", "model"}  # fmt: skip
-    assert inference_service(cfg, "1", canary=True)["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    resources = _deserialize(predictor["model"]["resources"], "V1ResourceRequirements")
+    assert resources.requests == resources.limits  # a guaranteed CPU share
+    assert inference_service(cfg, "1", canary=10)["spec"]["predictor"]["canaryTrafficPercent"] == 10
     policy = _deserialize(yaml.safe_load((INFRA / "networkpolicy.yaml").read_text()), "V1NetworkPolicy")
     assert policy.spec.policy_types == ["Ingress"] and policy.spec.pod_selector.match_labels == {
         "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
@@ -269,13 +336,23 @@ def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_k
     sources = {
         p.namespace_selector.match_labels["kubernetes.io/metadata.name"] for r in policy.spec.ingress for p in r._from
     }
-    assert sources == {"knative-serving", "istio-system", "monitoring"}  # nothing else reaches the tokenless port
+    assert sources == {"knative-serving", "istio-system", "monitoring"}
+    # the JWT is checked at the predictor's own sidecar, whichever gateway a request came through
+    authn, authz = yaml.safe_load_all((INFRA / "auth.yaml").read_text())
+    assert authn["kind"] == "RequestAuthentication" and authz["kind"] == "AuthorizationPolicy"
+    for doc in (authn, authz):
+        _deserialize(doc["metadata"], "V1ObjectMeta")
+        assert doc["spec"]["selector"] == {"matchLabels": policy.spec.pod_selector.match_labels}
+    assert authn["spec"]["jwtRules"][0]["issuer"] == cfg.kserve.jwt_issuer
+    (rule,) = authz["spec"]["rules"]
+    assert authz["spec"]["action"] == "DENY" and rule["from"] == [{"source": {"notRequestPrincipals": ["*"]}}]
+    assert {"/v1/*", "/v2/*", "/predictions/*"} == set(rule["to"][0]["operation"]["paths"])
     props = _props((INFRA / "config.properties").read_text())
     assert props["inference_address"] == "http://0.0.0.0:8080" and props["management_address"].startswith(
         "http://127.0.0.1:"
     )
-    assert props["disable_token_authorization"] == "true" and props["enable_envvars_config"] == "true"
-    assert "enable_model_api" not in props  # versions change by rollout, never through the pod's API
+    assert props["disable_token_authorization"] == "true" and props["service_envelope"] == ENVELOPES["v1"]
+    assert "enable_model_api" not in props and "enable_envvars_config" not in props
     snapshot = json.loads(props["model_snapshot"])
     (entry,) = snapshot["models"]["hap"].values()
     assert entry["defaultVersion"] is True and entry["marName"] == mar_name("20261122.1")
@@ -312,7 +389,9 @@ def versions(ws, small_day) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(ws, tmp_path_factory, free_port_block):
+    # a test cluster's timeouts: a pod without a READY worker after 12 s is failed, a rollout after 120 s
     kcfg = KServeConfig(storage_uri=f"file://{tmp_path_factory.mktemp('bucket')}/kserve", ready_timeout_s=120,
+                        startup_timeout_s=12,
                         poll_s=0.5)  # fmt: skip
     cfg = HapConfig(serving=ServingConfig(mode="kserve", kserve=kcfg, workers=1))
     standin = _KServeStandIn(tmp_path_factory.mktemp("pods"), serving_runtime(cfg.serving), free_port_block)
@@ -338,49 +417,107 @@ def _bodies(ws) -> list[dict]:
     return [request, columnar({**request, "k": 20, "m": 60}), {**request, "k": 0, "m": 7}]
 
 
+def _spec_changes(standin: _KServeStandIn) -> list[str]:
+    calls, standin.calls[:] = list(standin.calls), []
+    return calls
+
+
 def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, versions, cluster):
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
     registry = Registry(ws)
+    v0, v1, bad = versions
 
-    first = deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="first")
-    assert first["previous"] is None and first["mode"] == "kserve" and standin.calls == ["create"]
-    assert target.serving() == versions[0] and registry.production()["version"] == versions[0]
-    published = Path(cfg.serving.kserve.storage_uri.removeprefix("file://")) / versions[0]
-    assert (published / STORE_DIR / mar_name(versions[0])).exists() and (published / CONFIG_PATH).exists()
+    first = deploy(ws, v0, cfg, target, smoke_ds=DS, reason="first")
+    assert first["previous"] is None and first["mode"] == "kserve"
+    assert _spec_changes(standin) == [f"create {v0} canary=None"]
+    assert target.serving() == v0 and registry.production()["version"] == v0
+    published = Path(cfg.serving.kserve.storage_uri.removeprefix("file://")) / v0
+    assert (published / STORE_DIR / mar_name(v0)).exists() and (published / CONFIG_PATH).exists()
+    assert LOCK not in standin.obj["metadata"]["annotations"]  # released
 
     # the second version as a canary: 10% of the traffic, smoked at its own URL, then promoted
-    standin.calls.clear()
-    second = deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="daily")
-    assert standin.calls == ["replace canary=10", "replace canary=None"]
-    assert second["previous"] == versions[0] and target.serving() == versions[1]
-    status = standin.obj["status"]["components"]["predictor"]
-    assert [t["percent"] for t in status["traffic"]] == [100] and len(standin.revisions) == 1
+    standin.history.clear()
+    second = deploy(ws, v1, cfg, target, smoke_ds=DS, reason="daily")
+    assert _spec_changes(standin) == [f"replace {v1} canary=10", f"replace {v1} canary=None"]
+    old, new = standin.order[-2:]
+    assert {old: 90, new: 10} in standin.history and standin.history[-1] == {new: 100}
+    assert second["previous"] == v0 and target.serving() == v1 and list(standin.revisions) == [new]
 
     # a version whose archive reaches the pods with other weights: the canary's scores differ from the
-    # offline scorer's, its smoke fails and the InferenceService returns to the second version, whose
-    # revision kept serving the other 90%
-    bad = versions[2]
+    # offline scorer's, its smoke fails, its share goes to 0 at once, a revision of the second version
+    # comes up without traffic and only then takes it all; the failed canary never had more than 10%
     standin.corrupt.add(version_uri(cfg.serving.kserve, bad))
-    standin.calls.clear()
-    with pytest.raises(DeployFailed, match=f"still serving {versions[1]}.*scores differ"):
+    standin.history.clear()
+    with pytest.raises(DeployFailed, match=f"still serving {v1}.*scores differ"):
         deploy(ws, bad, cfg, target, smoke_ds=DS, reason="daily")
-    assert standin.calls == ["replace canary=10", "replace canary=None"]
-    assert target.serving() == versions[1] and registry.production()["version"] == versions[1]
-    assert (
-        list(standin.revisions) == [standin.rolled_out]
-        and standin.obj["metadata"]["labels"]["hap.version"] == (versions[1])
-    )
+    assert _spec_changes(standin) == [f"replace {bad} canary=10", f"replace {bad} canary=0",
+                                      f"replace {v1} canary=0", f"replace {v1} canary=None"]  # fmt: skip
+    canary_rev, back = standin.order[-2:]
+    assert max(t.get(canary_rev, 0) for t in standin.history) == 10
+    assert all(sum(t.values()) == 100 for t in standin.history) and standin.history[-1] == {back: 100}
+    assert target.serving() == v1 and registry.production()["version"] == v1
+    assert standin.obj["metadata"]["labels"]["hap.version"] == v1 and LOCK not in standin.obj["metadata"]["annotations"]
+
+    # a canary whose pods never become Ready (its archive arrives cut short): the rollout fails as soon
+    # as KServe reports the revision failed, and the withdrawal works without it ever being Ready
+    standin.broken.add(version_uri(cfg.serving.kserve, bad))
+    standin.corrupt.clear()
+    standin.history.clear()
+    with pytest.raises(DeployFailed, match=f"still serving {v1}.*failed"):
+        deploy(ws, bad, cfg, target, smoke_ds=DS, reason="daily")
+    assert _spec_changes(standin)[1:] == [f"replace {bad} canary=0", f"replace {v1} canary=0",
+                                          f"replace {v1} canary=None"]  # fmt: skip
+    broken_rev, back = standin.order[-2:]
+    assert all(not t.get(broken_rev) for t in standin.history) and standin.history[-1] == {back: 100}
+    assert target.serving() == v1 and registry.production()["version"] == v1
 
     # hap's rollback: the previous production version takes all the traffic again
     pointer = rollback(ws, target, "drill")
-    assert pointer["version"] == versions[0] and target.serving() == versions[0]
+    assert pointer["version"] == v0 and target.serving() == v0
     answer = requests.post(
-        standin.revisions[standin.rolled_out].url + "/v1/models/hap:predict",
+        standin.serving_revision().url + "/v1/models/hap:predict",
         json=call_body("v1", [sample_request(ws.data, DS, n_candidates=50)]),
         timeout=60,
     )
-    assert answer.status_code == 200 and answer.json()["predictions"][0]["model_version"] == versions[0]
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["model_version"] == v0
+
+
+def test_a_second_deployer_and_a_leftover_canary_are_refused(ws, versions, cluster):
+    cfg, standin = cluster
+    target = KServeTarget(cfg.serving, api=standin)
+    if standin.obj is None:
+        deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="setup")
+    serving = target.serving()
+    other = KServeTarget(cfg.serving, api=standin)  # another host's deploy
+    with other.lock():
+        with pytest.raises(DeployFailed, match="another deploy .* has been driving"):
+            deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="concurrent")
+    standin.obj["spec"]["predictor"]["canaryTrafficPercent"] = 10  # a deploy that crashed mid-canary
+    try:
+        with pytest.raises(DeployFailed, match="canary of .* is in progress"):
+            deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="after a crash")
+    finally:
+        del standin.obj["spec"]["predictor"]["canaryTrafficPercent"]
+    assert target.serving() == serving and LOCK not in standin.obj["metadata"]["annotations"]
+
+
+def test_the_probe_reports_a_default_version_with_a_ready_worker(plain, cluster, ws, versions):
+    """``hap-probe.py`` against the local server (token auth on: it reads the key file) and a KServe
+    revision (auth off, no key file); a model without a default version is not ready."""
+    cfg, standin = cluster
+    if standin.obj is None:
+        deploy(ws, versions[0], cfg, KServeTarget(cfg.serving, api=standin), smoke_ds=DS, reason="setup")
+    probe = [os.sys.executable, str(REPO / "infra" / "torchserve" / "probe.py")]
+    local = [f"--management-url={plain.management_url}", f"--key-file={plain.home / 'key_file.json'}"]
+    ok = subprocess.run([*probe, *local], capture_output=True, text=True)
+    assert ok.returncode == 0 and "1 READY worker" in ok.stdout, ok.stdout + ok.stderr
+    missing = subprocess.run([*probe, *local, "--model=nope"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no default version" in missing.stdout
+    rev = standin.serving_revision()
+    pod = subprocess.run([*probe, f"--management-url={rev.mgmt_url}", f"--key-file={rev.dir / 'absent.json'}"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert pod.returncode == 0 and "READY worker" in pod.stdout, pod.stdout + pod.stderr
 
 
 def _tamper(mar: Path) -> None:
@@ -409,11 +546,11 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
     cfg, standin = cluster
     cfg = replace(cfg, serving=replace(cfg.serving, kserve=replace(cfg.serving.kserve, protocol=protocol)))
     target = KServeTarget(cfg.serving, api=standin)
-    if target.serving() != versions[0] or standin.revisions[standin.rolled_out].protocol != protocol:
+    if standin.obj is None or target.serving() != versions[0] or standin.serving_revision().protocol != protocol:
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason=f"protocol {protocol}")
-    rev = standin.revisions[standin.rolled_out]
-    assert rev.protocol == protocol
+    rev = standin.serving_revision()
+    assert rev.protocol == protocol and rev.envelope == ENVELOPES[protocol]
     path = f"{rev.url}/v1/models/hap:predict" if protocol == "v1" else f"{rev.url}/v2/models/hap/infer"
     bodies = _bodies(ws)
     expected = [plain.predict(b, version=versions[0]).json() for b in bodies]
@@ -458,7 +595,14 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
         (b"{nope", "body", "malformed_json", 400),
         (b"[1, 2]", "body", "wrong_type", 400),
         (b'{"instances": [], "inputs": []}', None, "unknown_field", 400),
-        (json.dumps(call_body(protocol, [bodies[0]] * 65)).encode(), None, "too_many", 400),
+        (json.dumps(call_body(protocol, [bodies[0]] * 17)).encode(), None, "too_many", 400),  # 16 per call
+        # 16 requests of 700 candidates: more than one request's 10,000 in one call
+        (
+            json.dumps(call_body(protocol, [sample_request(ws.data, DS, n_candidates=700)] * 16)).encode(),
+            "instances" if protocol == "v1" else "inputs[0].data",
+            "too_many",
+            413,
+        ),
         (json.dumps(call_body(protocol, [bodies[0]])).encode() + b" " * (8 * 2**20), "body", "too_large", 413),
     ]:
         r = requests.post(path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
