@@ -211,7 +211,8 @@ def target_for(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Target:
 @contextlib.contextmanager
 def _deploy_lock(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Iterator[None]:
     """One deploy, rollback or shadow change at a time: the local server's lock; for KServe a lock
-    file in the workspace and the InferenceService's lock annotation (``KServeTarget.lock``)."""
+    file in the workspace (another host's deploy is refused while its canary is in progress, and
+    every write carries the ``resourceVersion`` it read)."""
     if isinstance(server, LocalTorchServe):
         with server.lock():
             yield
@@ -220,8 +221,7 @@ def _deploy_lock(ws: Workspace, server: LocalTorchServe | KServeTarget) -> Itera
     with (ws.serving / "kserve-deploy.lock").open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            with server.lock():  # and the InferenceService's own lock, against deploys from other hosts
-                yield
+            yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -22,19 +22,16 @@ cluster side of ``hap deploy`` (``serving.mode: kserve``).
 - **Deploy.** ``KServeTarget`` is the target ``serving.deploy`` drives: publish, roll out as a
   canary taking ``canary_percent`` of the traffic, smoke the canary through the protocol against the
   offline scorer, then promote it (all traffic to the new revision) or withdraw it (its share to 0
-  at once, then back to the previous version's storage URI). A lock annotation keeps two deploys
-  from driving the InferenceService at once.
+  at once, then back to the previous version's storage URI). A deploy is refused while a canary is
+  in progress, and every write carries the ``resourceVersion`` it read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +54,6 @@ HTTP_PORT, METRICS_PORT, MGMT_PORT = 8080, 8082, 8085
 CONFIG_PATH, STORE_DIR = "config/config.properties", "model-store"
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}  # TorchServe's envelope for each protocolVersion
 PROBE = "/usr/local/bin/hap-probe.py"  # infra/torchserve/probe.py in the image
-LOCK = "hap.kserve/deploy-lock"  # annotation held by the deploy driving the InferenceService
 TOKEN_ENV = "HAP_KSERVE_TOKEN"
 """Bearer token (a JWT the predictors accept) ``hap`` sends when smoking a canary; from a Secret, never in config."""
 INFRA = Path(__file__).resolve().parents[1] / "infra" / "kserve"
@@ -244,7 +240,7 @@ def request_auth(cfg: ServingConfig) -> list[dict[str, Any]]:
     k = cfg.kserve
     meta = {"namespace": k.namespace, "labels": {"app.kubernetes.io/part-of": "hap"}}
     selector = {"matchLabels": {"serving.kserve.io/inferenceservice": k.name}}
-    paths = ["/v1/*", "/v2/*", "/predictions/*"]
+    paths = ["/v1/*", "/v2/*", "/predictions/*", "/explanations/*"]  # every path that reaches the handler
     return [
         {
             "apiVersion": "security.istio.io/v1",
@@ -359,7 +355,7 @@ class KServeTarget:
         self.cfg, self.k = cfg, cfg.kserve
         self.api = api or _custom_objects_api()
         self.http = http or requests.Session()
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.created_elsewhere = False  # a concurrent first deploy won the create: never delete its object
 
     # ---- the cluster object ----
 
@@ -388,8 +384,13 @@ class KServeTarget:
         desired = inference_service(self.cfg, version, canary)
         current = self._get()
         if current is None:
-            desired["metadata"]["annotations"][LOCK] = self._lock_value()
-            self.api.create_namespaced_custom_object(GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, desired)
+            try:
+                self.api.create_namespaced_custom_object(GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, desired)
+            except Exception as exc:  # noqa: BLE001
+                if getattr(exc, "status", None) == 409:  # another host created it first: not ours to touch
+                    self.created_elsewhere = True
+                    raise DeployFailed(f"{self.k.name} was created by another deploy meanwhile") from exc
+                raise
             return True
         if current["spec"] == desired["spec"]:
             return False
@@ -448,40 +449,6 @@ class KServeTarget:
                 return target["url"]
         raise DeployFailed(f"no URL for the {tag!r} revision (is tag routing on?)")
 
-    # ---- one deploy at a time ----
-
-    def _lock_value(self) -> str:
-        return json.dumps({"holder": self.holder, "since": time.time()})
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the InferenceService's lock annotation for the deploy or rollback: another holder
-        (another host's deploy) is refused unless its lock is older than four rollout timeouts."""
-        isvc = self._get()
-        if isvc is not None:
-            held = isvc["metadata"].get("annotations", {}).get(LOCK)
-            if held:
-                info = json.loads(held)
-                age = time.time() - float(info.get("since", 0))
-                if info.get("holder") != self.holder and age < 4 * self.k.ready_timeout_s:
-                    raise DeployFailed(f"another deploy ({info.get('holder')}) has been driving "
-                                       f"{self.k.name} for {age:.0f}s; wait for it, or see the runbook")  # fmt: skip
-            isvc["metadata"].setdefault("annotations", {})[LOCK] = self._lock_value()
-            self._replace(isvc)
-        try:
-            yield
-        finally:
-            for _ in range(3):  # the controller updates status meanwhile: re-read and retry on conflict
-                isvc = self._get()
-                if isvc is None or LOCK not in isvc["metadata"].get("annotations", {}):
-                    break
-                del isvc["metadata"]["annotations"][LOCK]
-                try:
-                    self._replace(isvc)
-                    break
-                except DeployFailed:
-                    continue
-
     # ---- the deploy target ----
 
     def serving(self) -> str | None:
@@ -499,6 +466,7 @@ class KServeTarget:
         return _version_of(isvc)
 
     def stage(self, version: str, mar: Path, previous: str | None) -> None:
+        self.created_elsewhere = False
         publish(mar, version, self.cfg)
         canary = self.k.canary_percent if previous is not None and previous != version else None
         self._change(f"rollout of {version}", version, canary)
@@ -522,7 +490,7 @@ class KServeTarget:
 
     def withdraw(self, version: str, previous: str | None) -> None:
         """Take the failed version out of the traffic without ever giving it more than its canary share."""
-        if previous is None:  # the first deploy created the service: nothing served before it
+        if previous is None and not self.created_elsewhere:  # our first deploy created it: nothing served before
             self.api.delete_namespaced_custom_object(GROUP, API_VERSION, self.k.namespace, ISVC_PLURAL, self.k.name)
             return
         isvc = self._get()
@@ -536,10 +504,12 @@ class KServeTarget:
         self._change(f"rollback to {previous}", previous, None)  # then all traffic to it
 
     def restore(self, version: str) -> None:
-        """Rollback: ``version`` (already published) takes all the traffic once its revision is Ready."""
+        """Rollback: ``version`` (already published) takes all the traffic once its revision is Ready;
+        a leftover canary first loses its share, and never gets all the traffic meanwhile."""
         isvc = self._get()
         if isvc is not None and isvc["spec"]["predictor"].get("canaryTrafficPercent") is not None:
             self._change(f"withdrawing the canary of {_version_of(isvc)}", _version_of(isvc), 0)
+            self._change(f"rollback to {version}", version, 0)  # its revision, without traffic yet
         self._change(f"rollback to {version}", version, None)
 
 

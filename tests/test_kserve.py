@@ -39,7 +39,6 @@ from serving.kserve import (
     CONFIG_PATH,
     ENVELOPES,
     INFRA,
-    LOCK,
     MGMT_PORT,
     MOUNT,
     PROBE,
@@ -346,7 +345,7 @@ def test_manifests_are_valid_kubernetes_objects_with_the_ports_probes_and_auth_k
     assert authn["spec"]["jwtRules"][0]["issuer"] == cfg.kserve.jwt_issuer
     (rule,) = authz["spec"]["rules"]
     assert authz["spec"]["action"] == "DENY" and rule["from"] == [{"source": {"notRequestPrincipals": ["*"]}}]
-    assert {"/v1/*", "/v2/*", "/predictions/*"} == set(rule["to"][0]["operation"]["paths"])
+    assert {"/v1/*", "/v2/*", "/predictions/*", "/explanations/*"} == set(rule["to"][0]["operation"]["paths"])
     props = _props((INFRA / "config.properties").read_text())
     assert props["inference_address"] == "http://0.0.0.0:8080" and props["management_address"].startswith(
         "http://127.0.0.1:"
@@ -434,7 +433,6 @@ def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, ver
     assert target.serving() == v0 and registry.production()["version"] == v0
     published = Path(cfg.serving.kserve.storage_uri.removeprefix("file://")) / v0
     assert (published / STORE_DIR / mar_name(v0)).exists() and (published / CONFIG_PATH).exists()
-    assert LOCK not in standin.obj["metadata"]["annotations"]  # released
 
     # the second version as a canary: 10% of the traffic, smoked at its own URL, then promoted
     standin.history.clear()
@@ -457,7 +455,7 @@ def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, ver
     assert max(t.get(canary_rev, 0) for t in standin.history) == 10
     assert all(sum(t.values()) == 100 for t in standin.history) and standin.history[-1] == {back: 100}
     assert target.serving() == v1 and registry.production()["version"] == v1
-    assert standin.obj["metadata"]["labels"]["hap.version"] == v1 and LOCK not in standin.obj["metadata"]["annotations"]
+    assert standin.obj["metadata"]["labels"]["hap.version"] == v1
 
     # a canary whose pods never become Ready (its archive arrives cut short): the rollout fails as soon
     # as KServe reports the revision failed, and the withdrawal works without it ever being Ready
@@ -483,23 +481,29 @@ def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, ver
     assert answer.status_code == 200 and answer.json()["predictions"][0]["model_version"] == v0
 
 
-def test_a_second_deployer_and_a_leftover_canary_are_refused(ws, versions, cluster):
+def test_a_leftover_canary_is_refused_and_a_rollback_never_gives_it_all_the_traffic(ws, versions, cluster):
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
-    if standin.obj is None:
+    if standin.obj is None or target.serving() != versions[0]:
+        standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="setup")
-    serving = target.serving()
-    other = KServeTarget(cfg.serving, api=standin)  # another host's deploy
-    with other.lock():
-        with pytest.raises(DeployFailed, match="another deploy .* has been driving"):
-            deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="concurrent")
-    standin.obj["spec"]["predictor"]["canaryTrafficPercent"] = 10  # a deploy that crashed mid-canary
-    try:
-        with pytest.raises(DeployFailed, match="canary of .* is in progress"):
-            deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="after a crash")
-    finally:
-        del standin.obj["spec"]["predictor"]["canaryTrafficPercent"]
-    assert target.serving() == serving and LOCK not in standin.obj["metadata"]["annotations"]
+    deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="setup")
+    # a deploy that crashed mid-canary: the third version holds 10%
+    standin.corrupt.clear()
+    standin.broken.clear()
+    store = ws.serving / "model-store"
+    if not (store / mar_name(versions[2])).exists():
+        build_archive(Registry(ws).version_dir(versions[2]), versions[2], cfg, store)
+    target.stage(versions[2], store / mar_name(versions[2]), versions[1])
+    assert standin.obj["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    canary_rev = standin.order[-1]
+    with pytest.raises(DeployFailed, match="canary of .* is in progress"):
+        deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="after a crash")
+    standin.history.clear()
+    pointer = rollback(ws, target, "the crashed canary")  # back to the first version
+    assert pointer["version"] == versions[0] and target.serving() == versions[0]
+    assert max(t.get(canary_rev, 0) for t in standin.history) <= 10
+    assert all(sum(t.values()) == 100 for t in standin.history)
 
 
 def test_the_probe_reports_a_default_version_with_a_ready_worker(plain, cluster, ws, versions):
