@@ -48,7 +48,7 @@ from serving.server import frontend_properties
 log = logging.getLogger(__name__)
 
 GROUP, API_VERSION = "serving.kserve.io", "v1beta1"
-ISVC_PLURAL, RUNTIME_PLURAL = "inferenceservices", "servingruntimes"
+ISVC_PLURAL = "inferenceservices"
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storage URI's contents
 HTTP_PORT, METRICS_PORT, MGMT_PORT = 8080, 8082, 8085
 CONFIG_PATH, STORE_DIR = "config/config.properties", "model-store"

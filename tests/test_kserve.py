@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from test_serving import DS, _make_versions, _same_answer
+from test_serving import DS, _day_workspace, _make_versions, _same_answer
 
 from hap.config import HapConfig, KServeConfig, ServingConfig
-from hap.contract import write_partition
 from hap.workspace import Workspace
 from hap_runtime.config import RoutingConfig
 from hap_runtime.kserve import answers_of, call_body
@@ -375,10 +374,7 @@ def test_local_mode_keeps_loopback_and_token_auth(tmp_path):
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, small_day):
-    ws = Workspace(tmp_path_factory.mktemp("kserve"))
-    write_partition(ws.data, "requests", DS, small_day.requests)
-    write_partition(ws.data, "candidates", DS, small_day.candidates)
-    return ws
+    return _day_workspace(tmp_path_factory.mktemp("kserve"), small_day)
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,17 @@ def _make_versions(ws: Workspace, small_day, n: int) -> list[str]:
     return [first, *(clone_version(ws, first, f"2026-10-{i + 1:02d}", 0.01 * i) for i in range(1, n))]
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory, small_day):
-    ws = Workspace(tmp_path_factory.mktemp("serving"))
+def _day_workspace(root: Path, small_day) -> Workspace:
+    """A workspace holding the small day's logs (the smoke requests are built from them)."""
+    ws = Workspace(root)
     write_partition(ws.data, "requests", DS, small_day.requests)
     write_partition(ws.data, "candidates", DS, small_day.candidates)
     return ws
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, small_day):
+    return _day_workspace(tmp_path_factory.mktemp("serving"), small_day)
 
 
 @pytest.fixture(scope="module")
