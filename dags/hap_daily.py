@@ -33,8 +33,13 @@ One run per logical day `ds`:
 5. **deploy** to TorchServe: register, golden smoke, set default; a failure keeps the old version.
    With `shadow`, the version scores a sample of live requests beside production instead of
    replacing it; on-call promotes it with `hap shadow promote` (runbook: *Shadow a version*).
+6. **report** (a teardown: it runs whatever the others did, and does not change the run's state)
+   writes the day's page `$HAP_HOME/reports/ds=<ds>/index.html`: steps, serving, lineage, per-slice
+   AUC over days, gate rules, system metric vs FLOPs across K, validation bands, gradient conflict,
+   deploy/rollback timeline. Its task log prints the link. `hap status` shows the same state as text.
 
-Every step is idempotent for its `ds`. Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
+Every step is idempotent for its `ds`; a rerun whose training inputs are all unchanged reuses the
+day's trained run (`retrain` forces a new one). Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
 `$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `orchestration.run_deadline_h`
 hours after it was queued alerts too. `window_days` and `kfp_mode` left empty take `$HAP_CONFIG`'s.
 On-call: `docs/runbook.md` (backfill, rerun one day, inspect a failed validation, roll back).
@@ -59,6 +64,33 @@ DEADLINE = (
     else None
 )
 
+# What each task does, what it writes and where to look (shown on the task's page in the Airflow UI).
+TASK_DOCS = {
+    "wait_for_partition": """Waits (reschedule mode) until `$HAP_HOME/data/{requests,candidates}/ds=<ds>/` both exist.
+A timeout fails the task and alerts: the log export is late (runbook: *A late run*).""",
+    "validate": """Validates the day (and earlier window days without a verdict) with Great Expectations.
+Fails without retry when the data fails: the day is **quarantined**, kept in place, never trained on.
+Look at: the task log (each failed expectation), `$HAP_HOME/validation/ds=<ds>/report.html` (the link is
+printed in the log), Data Docs under `validation/ds=<ds>/gx/uncommitted/data_docs/local_site/`.
+Runbook: *Inspect a failed validation*.""",
+    "train": """Runs the KFP pipeline `hap-daily-training` (light model on all sources with GHCL, expressive
+model on the hard sources); the log shows each epoch's progress, loss and samples/s. Writes
+`$HAP_HOME/runs/ds=<ds>/` (models, `evaluation.json`, `lineage.json`: code revision, config hash, partition
+fingerprints, library versions).""",
+    "gate": """Judges the run on AUC per difficulty slice vs production and the first accepted run, and on routing
+(`configs/gate_policy.yaml`). A FAIL skips package/promote/deploy: serving is unchanged.
+Look at: `$HAP_HOME/runs/ds=<ds>/decision.md` and the report's *Gate* section.""",
+    "package": """Registers the gated run as a version (`$HAP_HOME/registry/versions/<version>/`, manifest with
+lineage) and builds its TorchServe archive.""",
+    "promote": """Decides whether the version may replace production (a backfill never demotes a model trained on
+newer data unless `force_deploy` + `force_reason`); writes `promotion.json`. A stop skips deploy.""",
+    "deploy": """Deploys the version: register, golden smoke request, set default (or shadow). A failure keeps the
+previous version serving and records `deploy_failed` in `registry/events.jsonl`. Runbook: *Roll back*.""",
+    "report": """Builds the day's on-call page `$HAP_HOME/reports/ds=<ds>/index.html` (link in this task's log) from
+the records of every step, whatever they did; as a teardown it never changes the run's state.
+The same state as text: `hap status`.""",
+}
+
 
 def _alert_on_failure(context) -> None:
     # deferred: the callback runs in the task's process, not at parse time
@@ -80,6 +112,9 @@ PARAMS = {
         None, enum=[None, *typing.get_args(KfpMode)], description="KFP local runner or the cluster API (empty: config)"
     ),
     "shadow": Param(False, type="boolean", description="deploy in shadow beside production; promote it by hand"),
+    "retrain": Param(
+        False, type="boolean", description="train again even if the day's run was trained from the same inputs"
+    ),
 }
 
 
@@ -109,7 +144,13 @@ def hap_daily():
     # uses: the run directory (train → gate, package) and the version (package → promote, deploy);
     # ``chain`` orders tasks that hand over no data.
 
-    @task.sensor(poke_interval=ORCH.sensor_poke_s, timeout=ORCH.sensor_timeout_s, mode=ORCH.sensor_mode, retries=0)
+    @task.sensor(
+        poke_interval=ORCH.sensor_poke_s,
+        timeout=ORCH.sensor_timeout_s,
+        mode=ORCH.sensor_mode,
+        retries=0,
+        doc_md=TASK_DOCS["wait_for_partition"],
+    )
     def wait_for_partition(ds: str | None = None) -> bool:
         # deferred: pyarrow stays out of DAG parsing
         from hap.contract import partition_ready
@@ -119,7 +160,7 @@ def hap_daily():
 
     # Bad data is not transient: a quarantine fails the task at once, without retries. A validator
     # failure (GX, disk) is not a quarantine: it fails the task as an error, retried once.
-    @task(retries=1, execution_timeout=dt.timedelta(minutes=30))
+    @task(retries=1, execution_timeout=dt.timedelta(minutes=30), doc_md=TASK_DOCS["validate"])
     def validate(params: dict | None = None, ds: str | None = None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -133,14 +174,21 @@ def hap_daily():
             raise AirflowFailException(f"DATA FAILED VALIDATION, partition quarantined (kept): {exc}") from exc
         except ValidatorError as exc:
             raise RuntimeError(f"VALIDATOR ERROR, not a quarantine (the data was not judged): {exc}") from exc
+        finally:
+            try:  # the task log links the day's validation report and Data Docs; never masks the outcome
+                print(flow.validation_links(ds))
+            except Exception as exc:  # noqa: BLE001
+                print(f"no validation links for ds={ds}: {exc}")
 
-    @task(execution_timeout=TRAIN_TIMEOUT)
+    @task(execution_timeout=TRAIN_TIMEOUT, doc_md=TASK_DOCS["train"])
     def train(params: dict | None = None, ds: str | None = None) -> str:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
-        return flow.train(ds, cfg=flow.load_config(params))
+        return flow.train(ds, cfg=flow.load_config(params), retrain=bool((params or {}).get("retrain")))
 
-    @task.short_circuit(ignore_downstream_trigger_rules=True, execution_timeout=dt.timedelta(minutes=10))
+    @task.short_circuit(
+        ignore_downstream_trigger_rules=True, execution_timeout=dt.timedelta(minutes=10), doc_md=TASK_DOCS["gate"]
+    )
     def gate(run_dir: str, params: dict | None = None, ds: str | None = None) -> bool:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
@@ -148,13 +196,13 @@ def hap_daily():
         print(f"gate ds={ds}: {'PASS' if decision['passed'] else 'FAIL'} — {decision['reason']}")
         return decision["passed"]
 
-    @task(execution_timeout=dt.timedelta(minutes=20))
+    @task(execution_timeout=dt.timedelta(minutes=20), doc_md=TASK_DOCS["package"])
     def package(run_dir: str, params: dict | None = None, ds: str | None = None) -> str:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         return flow.package(ds, run_dir=run_dir, cfg=flow.load_config(params))
 
-    @task.short_circuit(retries=0, execution_timeout=dt.timedelta(minutes=5))
+    @task.short_circuit(retries=0, execution_timeout=dt.timedelta(minutes=5), doc_md=TASK_DOCS["promote"])
     def promote(version: str, params: dict | None = None, ds: str | None = None) -> bool:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
@@ -162,17 +210,29 @@ def hap_daily():
         print(f"promote ds={ds} {version}: {'DEPLOY' if decision['deploy'] else 'STOP'} — {decision['reason']}")
         return decision["deploy"]
 
-    @task(execution_timeout=dt.timedelta(minutes=20))
+    @task(execution_timeout=dt.timedelta(minutes=20), doc_md=TASK_DOCS["deploy"])
     def deploy(version: str, params: dict | None = None, ds: str | None = None) -> dict:
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         return flow.deploy(ds, version, cfg=flow.load_config(params), shadow=bool((params or {}).get("shadow")))
 
+    # A teardown: runs once the others are done whatever their state, and its own state never
+    # changes the run's (a failed validation stays a failed run); a failure still alerts.
+    @task(retries=1, execution_timeout=dt.timedelta(minutes=10), doc_md=TASK_DOCS["report"])
+    def report(ds: str | None = None) -> str:
+        from workflow import flow  # deferred: matplotlib and the flow stay out of DAG parsing
+
+        uri = flow.report(ds)
+        print(f"daily report ds={ds}: {uri}")
+        return uri
+
     run_dir = train()
     chain(wait_for_partition(), validate(), run_dir)
     version = package(run_dir)
     chain(gate(run_dir), version)
-    chain(promote(version), deploy(version))
+    deployed = deploy(version)
+    chain(promote(version), deployed)
+    chain(deployed, report().as_teardown())
 
 
 daily_dag = hap_daily()

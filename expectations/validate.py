@@ -28,6 +28,7 @@ from expectations.report import render
 from expectations.suites import BATCHES, load_committed
 from hap.config import HapConfig
 from hap.contract import TABLES, partition_dir, read_partition
+from hap.progress import Progress, progress
 from hap.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ def validate_day(workspace_root: str | Path, ds: str, cfg: HapConfig | None = No
     cfg = cfg or HapConfig.from_env()
     day_dir = ws.validation_dir(ds)
     day_dir.mkdir(parents=True, exist_ok=True)
-    with _day_lock(day_dir):
+    with _day_lock(day_dir), progress(total=_steps(BATCHES), desc=f"validate ds={ds}", unit="step") as bar:
         try:
-            verdict = _validate(ws, ds, cfg)
+            verdict = _validate(ws, ds, cfg, bar)
         except Exception as exc:  # noqa: BLE001 - anything here is the validator's failure, not the data's
             log.exception("validator failed for ds=%s", ds)
             error = f"{type(exc).__name__}: {exc}"
@@ -83,11 +84,16 @@ def _day_lock(day_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _validate(ws: Workspace, ds: str, cfg: HapConfig) -> dict[str, Any]:
+def _steps(batches: Any) -> int:
+    """The laps of ``_validate``: read, derive, and with batches the GX context, a suite each, data docs."""
+    return 4 + len(batches) if batches else 2
+
+
+def _validate(ws: Workspace, ds: str, cfg: HapConfig, bar: Progress | None = None) -> dict[str, Any]:
     import pyarrow as pa
 
     verdict: dict[str, Any] = {"ds": ds, "tables": {}}
-    clock = _Stopwatch()
+    clock = _Stopwatch(bar)
     tables: dict[str, pa.Table] = {}
     for table in TABLES:
         try:
@@ -126,6 +132,8 @@ def _validate(ws: Workspace, ds: str, cfg: HapConfig) -> dict[str, Any]:
             batches["daily"] = pa.table({k: [float(v)] for k, v in stats.items()})
             for name, band in judged.items():
                 params[f"{name}_min"], params[f"{name}_max"] = band["min"], band["max"]
+    if bar is not None:
+        bar.total = _steps(batches)  # fewer suites when a table is missing
     clock.lap("derive")
 
     if batches:
@@ -327,15 +335,20 @@ def _row_example(batch: str, row: Any, column: Any) -> str:
 
 
 class _Stopwatch:
-    def __init__(self) -> None:
+    """Seconds per step of a validation (``timings_s``); each lap is also a step of ``bar``."""
+
+    def __init__(self, bar: Progress | None = None) -> None:
         self._now = time.perf_counter
         self._last = self._now()
+        self._bar = bar
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
         now = self._now()
         self.laps[name] = round(now - self._last, 3)
         self._last = now
+        if self._bar is not None:
+            self._bar.update(1, last=name)
 
 
 def _build_docs(context, run_id, results: list[tuple[str, str]]) -> str | None:

@@ -2,7 +2,8 @@
 
 Layout under the workspace root (``$HAP_HOME``, default ``./.hap``):
 ``data/`` logged samples (the contract), ``validation/ds=…/`` GX results and the day's verdict,
-``runs/ds=…/`` a day's training outputs, ``registry/`` model versions and the production pointer,
+``runs/ds=…/`` a day's training outputs, ``steps/ds=….json`` what each step of the day did,
+``reports/ds=…/`` the day's report, ``alerts/`` alerts for on-call, ``registry/`` model versions and the production pointer,
 ``serving/`` the local TorchServe home, ``airflow/`` the local Airflow home.
 """
 
@@ -34,6 +35,10 @@ class Workspace:
 
     def run_dir(self, ds: str) -> Path:
         return self.root / "runs" / f"ds={ds}"
+
+    def report_dir(self, ds: str) -> Path:
+        """The day's on-call report (``index.html``): built after every run of the daily DAG."""
+        return self.root / "reports" / f"ds={ds}"
 
     @property
     def registry(self) -> Path:

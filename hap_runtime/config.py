@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Files of the model folder inside an archive (written at packaging, read by the scorer).
+ROUTING_FILE = "routing.json"
+VERSION_FILE = "version.json"
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -17,11 +17,8 @@ from typing import Any
 import torch
 
 from hap_runtime.codec import ParsedRequest, RequestCodec
-from hap_runtime.config import RoutingConfig
+from hap_runtime.config import ROUTING_FILE, VERSION_FILE, RoutingConfig
 from hap_runtime.nets import load_model
-
-ROUTING_FILE = "routing.json"
-VERSION_FILE = "version.json"
 
 
 @dataclass(frozen=True)

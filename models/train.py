@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hap import SOURCES
 from hap.config import LossConfig, TrainConfig
+from hap.progress import progress
 from hap_runtime.config import ModelConfig
 from hap_runtime.nets import PreRanker
 from hap_runtime.spec import FeatureSpec
@@ -45,6 +47,7 @@ def train_model(
     checkpoint: Path | None = None,
     valid: EncodedData | None = None,
     init: PreRanker | None = None,
+    name: str = "",
 ) -> tuple[PreRanker, dict]:
     """Train one model from scratch (or from ``checkpoint``), deterministically for a given seed.
 
@@ -53,7 +56,8 @@ def train_model(
     resumes after the last completed epoch. With ``valid`` (held-out requests, already restricted to
     the model's sources) every epoch is scored by its mean slice AUC; the best epoch's weights are
     kept and training stops after ``patience`` epochs without improvement. ``init`` warm-starts the
-    parameters whose names and shapes match. Returns (model, history).
+    parameters whose names and shapes match. ``name`` (light / expressive) labels the progress of
+    each epoch (``hap.progress``: rank 0's batches, loss and samples/s). Returns (model, history).
     """
     ctx = ctx or DistContext(device=pick_device(train_cfg.device, 0))
     device = torch.device(ctx.device)
@@ -88,6 +92,9 @@ def train_model(
     )
     monitor = train_cfg.monitor_every if not ctx.distributed else 0  # autograd.grad probes bypass DDP's reducer
     step = sum(e["steps"] for e in history["epochs"])
+    n_req = getattr(data, "n_requests", 0)  # batches per epoch: exact for one rank, an estimate for DDP
+    per_epoch = math.ceil(n_req / (max(1, train_cfg.batch_requests // ctx.world) * ctx.world)) if n_req else None
+    what = f"train {name}" if name else "train"
     start = time.perf_counter()
     for epoch in range(first_epoch, train_cfg.epochs):
         if stopped(history, train_cfg.patience):
@@ -98,33 +105,40 @@ def train_model(
         data_s = compute_s = 0.0
         t0 = time.perf_counter()
         batches = data.epoch(epoch, train_cfg.batch_requests, ctx.rank, ctx.world, train_cfg.seed)
-        while True:
-            t_data = time.perf_counter()
-            b = next(batches, None)
-            data_s += time.perf_counter() - t_data
-            if b is None:
-                break
-            t_compute = time.perf_counter()
-            b = b.to(device)
-            logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
-            loss, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, loss_cfg)
-            if harmonize:
-                loss, scales = harmonized_loss(parts, shared, loss_cfg)
-                for k, v in scales.items():
-                    sums[f"harmony_{k}"] = sums.get(f"harmony_{k}", 0.0) + v
-            if monitor and step % monitor == 0:
-                history["grad_monitor"].append({"step": step, **source_gradient_conflict(model, logits, b, loss_cfg)})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            compute_s += time.perf_counter() - t_compute
-            n_batches += 1
-            step += 1
-            n_samples += len(b.label)
-            n_requests += b.n_requests
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        desc = f"{what} epoch {epoch + 1}/{train_cfg.epochs}"
+        with progress(total=per_epoch, desc=desc, unit="batch", enabled=ctx.is_main) as bar:
+            while True:
+                t_data = time.perf_counter()
+                b = next(batches, None)
+                data_s += time.perf_counter() - t_data
+                if b is None:
+                    break
+                t_compute = time.perf_counter()
+                b = b.to(device)
+                logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
+                loss, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, loss_cfg)
+                if harmonize:
+                    loss, scales = harmonized_loss(parts, shared, loss_cfg)
+                    for k, v in scales.items():
+                        sums[f"harmony_{k}"] = sums.get(f"harmony_{k}", 0.0) + v
+                if monitor and step % monitor == 0:
+                    history["grad_monitor"].append(
+                        {"step": step, **source_gradient_conflict(model, logits, b, loss_cfg)}
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                compute_s += time.perf_counter() - t_compute
+                n_batches += 1
+                step += 1
+                n_samples += len(b.label)
+                n_requests += b.n_requests
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.update(  # this rank's epoch so far: mean loss, samples/s
+                    1, loss=sums["loss"] / n_batches, samples_per_s=n_samples / (time.perf_counter() - t0)
+                )
         elapsed = time.perf_counter() - t0
         total_samples, total_requests = all_sum(ctx, [n_samples, n_requests])
         row = {k: v / max(n_batches, 1) for k, v in sums.items()}
@@ -213,7 +227,7 @@ def save_checkpoint(
 
 def train_light(data: BatchSource, cfg, spec: FeatureSpec, **kw) -> tuple[PreRanker, dict]:
     """Light model on every source, with the GHCL loss by default."""
-    return train_model(data, cfg.light, cfg.light_loss, cfg.train, spec, **kw)
+    return train_model(data, cfg.light, cfg.light_loss, cfg.train, spec, name="light", **kw)
 
 
 def train_expressive(
@@ -231,7 +245,15 @@ def train_expressive(
     if valid is not None:
         valid = valid.filter_sources(sources)
     return train_model(
-        data.filter_sources(sources), cfg.expressive, cfg.expressive_loss, cfg.train, spec, valid=valid, init=init, **kw
+        data.filter_sources(sources),
+        cfg.expressive,
+        cfg.expressive_loss,
+        cfg.train,
+        spec,
+        valid=valid,
+        init=init,
+        name="expressive",
+        **kw,
     )
 
 

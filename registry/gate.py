@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from hap.lineage import file_hash
 from hap.workspace import write_json_atomic
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "configs" / "gate_policy.yaml"
@@ -206,6 +207,8 @@ def gate_run(run_dir: str | Path, policy_path: str | Path | None = None) -> dict
     decision["ds"] = evaluation["holdout"]["ds"]
     decision["routing"] = evaluation.get("routing")
     decision["production_version"] = evaluation.get("production_version")
+    path = Path(policy_path or DEFAULT_POLICY)  # lineage: the exact rules this run was judged by
+    decision["policy"] = {"path": str(path), "sha256": file_hash(path)}
     write_json_atomic(run_dir / "decision.json", decision)
     (run_dir / "decision.md").write_text(report_markdown(decision, f"Promotion gate, ds={decision['ds']}"))
     return decision

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hap.lineage import actor
 from hap.workspace import Workspace, write_json_atomic
 
 MODEL_PARTS = ("light", "expressive")
@@ -29,6 +30,16 @@ def content_hash(run_dir: Path) -> str:
                 h.update(f.name.encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _lineage(run_dir: Path) -> dict[str, Any]:
+    """The run's lineage (``lineage.json``, written by training) with the gate policy it passed."""
+    path = run_dir / "lineage.json"
+    lineage = json.loads(path.read_text()) if path.exists() else {"missing": "the run recorded no lineage"}
+    decision = run_dir / "decision.json"
+    if decision.exists():
+        lineage["gate_policy"] = json.loads(decision.read_text()).get("policy")
+    return lineage
 
 
 class Registry:
@@ -73,6 +84,7 @@ class Registry:
             "window_days": evaluation["holdout"]["days"],
             "parent": (self.production() or {}).get("version"),
             "metrics": evaluation["candidate"],
+            "lineage": _lineage(run_dir),
         }
         write_json_atomic(staging / "manifest.json", manifest)
         os.replace(staging, target)
@@ -85,8 +97,8 @@ class Registry:
         lines = [
             "# Model registry",
             "",
-            "| version | ds | window | parent | gate | light AUC | K | system metric (light alone) | MFLOPs/req | serving |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| version | ds | window | parent | gate | light AUC | K | system metric (light alone) | MFLOPs/req | serving | report |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for m in self.versions():
             decision_file = self.version_dir(m["version"]) / "decision.json"
@@ -100,7 +112,7 @@ class Registry:
                 f"{met.get('system.k', '—')} | {met.get('system.value', float('nan')):.4f} "
                 f"({met.get('system.light_value', float('nan')):.4f}) | "
                 f"{met.get('system.flops_per_request', float('nan')) / 1e6:.1f} | "
-                f"{'production' if m['version'] == prod else ''} |"
+                f"{'production' if m['version'] == prod else ''} | [ds={m['ds']}](../reports/ds={m['ds']}/index.html) |"
             )
         path = self.root / "index.md"
         tmp = path.with_suffix(".tmp")
@@ -124,6 +136,7 @@ class Registry:
             "previous": current["version"] if current else None,
             "set_at": dt.datetime.now(dt.UTC).isoformat(),
             "reason": reason,
+            "by": actor(),
         }
         write_json_atomic(self.root / "production.json", pointer)
         self.record_event("set_production", **pointer)
@@ -133,6 +146,6 @@ class Registry:
     def record_event(self, event: str, **fields: Any) -> None:
         """Append to ``events.jsonl``, the registry's audit trail (deploys, rollbacks, shadows)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        record = {"event": event, "at": dt.datetime.now(dt.UTC).isoformat(), **fields}
+        record = {"event": event, "at": dt.datetime.now(dt.UTC).isoformat(), "by": actor(), **fields}
         with (self.root / "events.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -97,6 +97,7 @@ import pyarrow.compute as pc
 from hap import SOURCES
 from hap.config import HapConfig
 from hap.contract import candidates_schema, mix64, partition_dir, requests_schema, write_partition
+from hap.progress import progress
 from hap_runtime.spec import DEFAULT_SPEC, Feature, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -1438,19 +1439,22 @@ def ingest(
     else:
         raise IngestError(f"unknown format {fmt!r}; choose generic or mind")
     days = []
-    for day in build_days(parsed, cfg, seed):
-        write_partition(out_root, "requests", day.ds, day.requests)
-        write_partition(out_root, "candidates", day.ds, day.candidates)
-        if day.dropped_requests or day.truncated_requests:
-            log.warning(
-                "%s: %d request(s) dropped (fewer than %d exposed items), %d truncated to the first %d exposed items",
-                day.ds,
-                day.dropped_requests,
-                comp.expose[0],
-                day.truncated_requests,
-                comp.expose[1],
-            )
-        days.append(day.ds)
+    n_days = len(np.unique(parsed.ts // _US_PER_DAY))  # build_days yields one day per distinct request day
+    with progress(total=n_days, desc="ingest", unit="day") as bar:
+        for day in build_days(parsed, cfg, seed):
+            write_partition(out_root, "requests", day.ds, day.requests)
+            write_partition(out_root, "candidates", day.ds, day.candidates)
+            if day.dropped_requests or day.truncated_requests:
+                log.warning(
+                    "%s: %d request(s) dropped (fewer than %d exposed items), %d truncated to the first %d exposed items",
+                    day.ds,
+                    day.dropped_requests,
+                    comp.expose[0],
+                    day.truncated_requests,
+                    comp.expose[1],
+                )
+            days.append(day.ds)
+            bar.update(1, ds=day.ds)
     return days
 
 

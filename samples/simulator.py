@@ -18,6 +18,7 @@ import pyarrow as pa
 from hap import SOURCES
 from hap.config import Composition, SimConfig
 from hap.contract import EVAL_TABLE, candidates_schema, holdout_mask, requests_schema, write_partition
+from hap.progress import progress
 from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 
 _EXPOSE, _RANK, _PRERANK, _GLOBAL = range(4)
@@ -361,11 +362,13 @@ class CascadeSimulator:
     def write_days(self, root: str | Path, start: str, days: int, n_requests: int) -> list[str]:
         """Simulate ``days`` consecutive days from ``start`` and write them (idempotent per day)."""
         written = []
-        for i in range(days):
-            ds = (dt.date.fromisoformat(start) + dt.timedelta(days=i)).isoformat()
-            log = self.simulate_day(ds, n_requests)
-            write_partition(root, "requests", ds, log.requests)
-            write_partition(root, "candidates", ds, log.candidates)
-            write_partition(root, EVAL_TABLE, ds, log.evaluation)
-            written.append(ds)
+        with progress(total=days, desc="simulate", unit="day") as bar:
+            for i in range(days):
+                ds = (dt.date.fromisoformat(start) + dt.timedelta(days=i)).isoformat()
+                log = self.simulate_day(ds, n_requests)
+                write_partition(root, "requests", ds, log.requests)
+                write_partition(root, "candidates", ds, log.candidates)
+                write_partition(root, EVAL_TABLE, ds, log.evaluation)
+                written.append(ds)
+                bar.update(1, ds=ds)
         return written

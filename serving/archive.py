@@ -22,8 +22,7 @@ from typing import Any
 
 import hap_runtime
 from hap.config import HapConfig, ServingConfig
-from hap_runtime.config import RoutingConfig
-from hap_runtime.scorer import ROUTING_FILE, VERSION_FILE
+from hap_runtime.config import ROUTING_FILE, VERSION_FILE, RoutingConfig
 
 MODEL_NAME = "hap"
 RUNTIME_DIR = Path(hap_runtime.__file__).parent

@@ -279,6 +279,7 @@ def _deploy(
                 ) from exc
             # locally the default never moved; the next prune unregisters the version
             log.warning("could not withdraw %s after its failed deploy: %s", version, cleanup)
+        registry.record_event("deploy_failed", version=version, serving=previous, error=str(exc)[:500])
         raise DeployFailed(f"deploy of {version} failed, still serving {previous}: {exc}") from exc
     if isinstance(target, KServeTarget):
         pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")

@@ -195,6 +195,31 @@ def simulated_workspace():
     return _simulated_workspace
 
 
+def _render(url: str) -> str:
+    """The page's text after a real headless browser (Debian's chromium) ran it."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is not installed: `make install` installs it (apt-get install chromium)"
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "<html" in proc.stdout.lower(), proc.stderr[-2000:]
+    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", proc.stdout, flags=re.S | re.I)
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+
+
+@pytest.fixture(scope="session")
+def page_text():
+    """``page_text(url)``: a page's text after a real headless browser (Debian's chromium) ran it."""
+    return _render
+
+
 @pytest.fixture
 def lenient_policy(tmp_path) -> Path:
     """A floors-only gate policy, for tests about scheduling and promotion rather than the gate."""

@@ -35,18 +35,20 @@ def test_expected_failures_are_one_line_with_exit_code_1(tmp_path, capsys):
     assert "no shadow version is running" in capsys.readouterr().err
 
 
-def _hap(home, *args: str):
+def _hap(home, *args: str, env: dict[str, str] | None = None):
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "HAP_HOME": str(home)}
+    env = {**os.environ, "HAP_HOME": str(home), **(env or {})}
     return subprocess.run([sys.executable, "-m", "workflow.cli", *args], env=env, capture_output=True, text=True)
 
 
-def test_run_day_on_a_historical_date_runs_its_tasks(tmp_path, small_sim):
-    """A date years before today (and before any default start date) runs for real: here its data is
-    bad, so validation quarantines it and the run fails — it does not succeed having run nothing."""
+def test_backfill_runs_historical_dates_oldest_first_and_names_the_days_that_failed(tmp_path, small_sim):
+    """`hap backfill` over dates years before today (and before any default start date): the first
+    day has no data (not run, and the backfill goes on), the second runs for real — its data is bad,
+    so validation quarantines it and the run fails, it does not succeed having run nothing. Progress
+    is a line per day in a log (not a terminal); exit 1 names the failed days."""
     import json
 
     import pyarrow.parquet as pq
@@ -55,14 +57,19 @@ def test_run_day_on_a_historical_date_runs_its_tasks(tmp_path, small_sim):
     small_sim.write_days(home / "data", "2019-11-12", 1, 200)
     path = partition_dir(home / "data", "candidates", "2019-11-12") / "part-0.parquet"
     pq.write_table(pq.read_table(path).drop_columns(["source"]), path)
-    proc = _hap(home, "run-day", "--ds", "2019-11-12", "--json")
-    states = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert states.get("wait_for_partition") == "success" and states.get("validate") == "failed", (
-        states,
-        proc.stderr[-3000:],
+    proc = _hap(home, "backfill", "--from", "2019-11-11", "--to", "2019-11-12", env={"HAP_PROGRESS_INTERVAL_S": "0"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("2019-11-11: not run") and "no data for ds=2019-11-11" in lines[0], lines
+    assert lines[1].startswith("2019-11-12: failed (") and "validate=failed" in lines[1], lines
+    assert "wait_for_partition=success" in lines[1] and "report=success" in lines[1], lines
+    assert lines[-1].startswith(
+        "backfilled 2 day(s) 2019-11-11..2019-11-12: 0 succeeded, failed: 2019-11-11, 2019-11-12"
     )
+    assert "backfill: 1/2 days (50%)" in proc.stderr and "backfill: done 2/2 days" in proc.stderr, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr
     assert json.loads((home / "validation" / "ds=2019-11-12" / "verdict.json").read_text())["status"] == "quarantined"
+    assert (home / "reports" / "ds=2019-11-12" / "index.html").exists()
 
 
 def test_run_day_without_data_is_a_clear_error(tmp_path):

@@ -36,19 +36,26 @@ def test_every_dag_meets_the_policy(bag):
 
 def test_daily_dag_wiring_retries_and_alerts(bag):
     dag = bag.dags["hap_daily"]
-    order = ["wait_for_partition", "validate", "train", "gate", "package", "promote", "deploy"]
+    order = ["wait_for_partition", "validate", "train", "gate", "package", "promote", "deploy", "report"]
     assert {t.task_id for t in dag.tasks} == set(order)
+    # every task says on its page what it does and where to look
+    assert all(t.doc_md and len(t.doc_md) > 80 for t in dag.tasks), [t.task_id for t in dag.tasks if not t.doc_md]
     assert dag.get_task("validate").upstream_task_ids == {"wait_for_partition"}
     assert dag.get_task("train").upstream_task_ids == {"validate"}
     assert dag.get_task("package").upstream_task_ids == {"gate", "train"}
     assert dag.get_task("deploy").upstream_task_ids == {"package", "promote"}
+    # the report runs after everything whatever happened, and never decides the run's state
+    report = dag.get_task("report")
+    assert report.is_teardown and not report.on_failure_fail_dagrun
+    assert report.upstream_task_ids == {"deploy"} and not report.downstream_task_ids
+    assert "reports/ds=<ds>/index.html" in report.doc_md
     # XComs carry what the next task uses: the run directory, then the version; no task takes an
     # argument only to fake an ordering (those edges are ``chain``)
     handed = {
         t.task_id: [a.operator.task_id for a in t.op_args] for t in dag.tasks if hasattr(t, "op_args")
     }  # fmt: skip
     assert handed == {"wait_for_partition": [], "validate": [], "train": [], "gate": ["train"],
-                      "package": ["train"], "promote": ["package"], "deploy": ["package"]}  # fmt: skip
+                      "package": ["train"], "promote": ["package"], "deploy": ["package"], "report": []}  # fmt: skip
     # bad data is not transient: a quarantine fails at once (AirflowFailException); a validator error retries once
     assert dag.get_task("validate").retries == 1
     assert dag.start_date.tzinfo is not None and dag.start_date.year <= 2015  # historical dates can be run
@@ -61,12 +68,13 @@ def test_daily_dag_wiring_retries_and_alerts(bag):
 
 def test_daily_dag_params_are_validated(bag):
     dag = bag.dags["hap_daily"]
-    assert set(dag.params) == {"window_days", "skip_deploy", "force_deploy", "force_reason", "kfp_mode", "shadow"}
+    assert set(dag.params) == {"window_days", "skip_deploy", "force_deploy", "force_reason", "kfp_mode", "shadow",
+                               "retrain"}  # fmt: skip
     ok = copy.deepcopy(dag.params)
     ok.update({"window_days": 7, "kfp_mode": "cluster", "shadow": True})
     ok.validate()
     bad_values = ({"window_days": 0}, {"window_days": "three"}, {"kfp_mode": "spark"}, {"skip_deploy": "yes"},
-                  {"shadow": "maybe"})  # fmt: skip
+                  {"shadow": "maybe"}, {"retrain": "no"})  # fmt: skip
     for bad in bad_values:
         params = copy.deepcopy(dag.params)
         with pytest.raises(Exception):  # noqa: B017 - Airflow raises ParamValidationError

@@ -76,7 +76,7 @@ def second_day(ws, server, first_day):
 def test_daily_run_validates_trains_gates_and_serves(ws, server, first_day):
     assert first_day == {
         "wait_for_partition": "success", "validate": "success", "train": "success", "gate": "success",
-        "package": "success", "promote": "success", "deploy": "success", "dag_run": "success",
+        "package": "success", "promote": "success", "deploy": "success", "report": "success", "dag_run": "success",
     }  # fmt: skip
     version = json.loads((ws.run_dir(FIRST) / "promotion.json").read_text())["version"]  # what the run produced
     assert version == V1 == Registry(ws).production()["version"]
@@ -183,7 +183,7 @@ def test_the_shipped_policy_judges_the_second_day_against_production(ws, server,
         assert Registry(ws).production()["version"] == server.default_version() == V1
 
 
-def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server, day_one_serving):
+def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server, day_one_serving, page_text):
     cand = read_partition(ws.data, "candidates", CORRUPT)
     click = cand["click"].to_numpy().copy()
     click[np.asarray(cand["source"]) == "global"] = 1
@@ -197,6 +197,88 @@ def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server, day_one
     assert not ws.run_dir(CORRUPT).exists()
     assert Registry(ws).production()["version"] == V1
     assert server.predict(sample_request(ws.data, FIRST, 50)).json()["model_version"] == V1
+    # on-call sees it at a glance: the run failed at validate, the day is quarantined with its first failed
+    # expectation, the alert stays open, `hap status` exits 1; the day's report was still built (a teardown)
+    assert states["report"] == "success"
+    status = hap_status(ws)
+    assert status["exit"] == 1
+    run = next(r for r in status["runs"] if r["ds"] == CORRUPT)
+    assert run["state"] == "failed" and run["summary"].startswith("failed at validate")
+    assert run["steps"]["validate"]["state"] == "failed" and "train" not in run["steps"]
+    (day,) = [q for q in status["quarantined"] if q["ds"] == CORRUPT]
+    assert day["status"] == "quarantined" and "click" in day["first_failure"], day
+    assert any(a["task_id"] == "validate" and a["ds"] == CORRUPT for a in status["alerts"])
+    assert any(f"latest run (ds={CORRUPT}) failed at validate" in a for a in status["attention"])
+    page = page_text((ws.report_dir(CORRUPT) / "index.html").as_uri())
+    assert "FAILED: failed at validate" in page and "no data recorded" in page, page[:1500]
+
+
+def hap_status(ws) -> dict:
+    """``hap status --json`` run as on-call would, with its exit code under ``exit``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "workflow.cli", "--home", str(ws.root), "status", "--json"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode in (0, 1) and proc.stdout.startswith("{"), proc.stderr[-3000:]
+    return {**json.loads(proc.stdout), "exit": proc.returncode}
+
+
+def test_status_and_report_show_two_days_from_data_to_serving(ws, server, second_day, day_one_serving, page_text):
+    """Day 1 deployed, day 2 trained and stopped at the gate: `hap status` and day 2's report (built by
+    the DAG's report task) show what serves, since when, why, its lineage, both runs' steps, and every
+    figure and table, opened in a real headless browser."""
+    status = hap_status(ws)
+    prod = status["serving"]
+    assert prod["version"] == V1 and prod["ds"] == FIRST and prod["k"] is not None
+    assert prod["live"]["default"] == V1 and prod["live"]["healthy"]
+    assert prod["by"].startswith("airflow hap_daily/") or "hap CLI" in prod["by"]
+    lineage = prod["lineage"]
+    head = subprocess_out(["git", "rev-parse", "HEAD"])
+    assert lineage["code"]["commit"] == head
+    assert lineage["trained_days"] == ["2026-11-20", "2026-11-21", FIRST]
+    assert [d["ds"] for d in lineage["data"]] == ["2026-11-20", "2026-11-21", FIRST]
+    assert all(len(d["candidates"]["sha256"]) == 16 and d["validation"] == "passed" for d in lineage["data"])
+    assert len(lineage["config_sha256"]) == 16 and len(lineage["gate_policy"]["sha256"]) == 16
+    assert {"torch", "kfp", "apache-airflow", "great-expectations"} <= set(lineage["libraries"])
+    runs = {r["ds"]: r for r in status["runs"]}
+    assert runs[FIRST]["steps"]["deploy"]["state"] == "success" and runs[FIRST]["steps"]["train"]["seconds"] > 0
+    day2 = runs[GATE_FAIL]
+    assert [n for n in ("validate", "train", "gate", "report") if day2["steps"][n]["state"] == "success"] == [
+        "validate", "train", "gate", "report"]  # fmt: skip
+    gate_passed = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())["passed"]
+    assert day2["steps"]["gate"]["outcome"].startswith("PASS" if gate_passed else "FAIL")
+    assert day2["report"] == (ws.report_dir(GATE_FAIL) / "index.html").as_uri()
+
+    page_file = ws.report_dir(GATE_FAIL) / "index.html"
+    html = page_file.read_text()
+    from workflow.report import FIGURES, TABLES
+
+    for name in FIGURES:
+        assert f'id="fig-{name}"><img' in html, name  # a plot, not the "no plot" placeholder
+    for name in TABLES:
+        assert f'<table id="table-{name}">' in html, name  # a table with rows, not "no data"
+    text = page_text(page_file.as_uri())
+    assert f"plots rendered: {len(FIGURES)}/{len(FIGURES)}" in text, text[:1500]
+    for heading in ("At a glance", f"Steps of ds={GATE_FAIL}", "Lineage: from data to the serving version",
+                    "Held-out AUC by difficulty slice", "Gate: ", "System metric against FLOPs across K",
+                    "Validation statistics against their bands", "Gradient conflict during training",
+                    "Deploys and rollbacks"):  # fmt: skip
+        assert heading in text, heading
+    assert f"{FIRST} overall" in text and f"{GATE_FAIL} overall" in text  # AUC per slice over both days
+    assert "production version" in text and V1 in text  # day 2 judged against day 1 in production
+    assert f"Serving chain (newest first): {V1}" in text and head in text
+    assert "expose|global" in text  # gradient-conflict cosines of the light model's sources
+    assert f"deploy {V1}" in text  # the timeline's table
+    index = (ws.registry / "index.md").read_text()
+    assert f"../reports/ds={FIRST}/index.html" in index
+
+
+def subprocess_out(cmd: list[str]) -> str:
+    import subprocess
+    from pathlib import Path
+
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
 
 
 def test_a_version_that_cannot_load_is_unregistered_and_serving_is_unchanged(ws, server, day_one_serving):

@@ -12,6 +12,7 @@ import pytest
 from hap.contract import partition_dir
 from registry.store import Registry
 from serving.server import LocalTorchServe
+from workflow import runlog
 from workflow.airflow_local import run_day
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,11 @@ def test_forcing_a_backfill_needs_a_reason_and_records_it(ws, lenient_gate):
     reason = "on-call: 11-22 logs were replayed twice"
     states = run_day(OLD, ws, conf={"window_days": 2, "force_deploy": True, "force_reason": reason})
     assert states["deploy"] == "success", (states, (ws.run_dir(OLD) / "promotion.json").read_text())
+    # the rerun's training inputs (data, config, code, production) were those of the run before: it
+    # reused that trained run instead of training again, and said so
+    train = runlog.read(ws, OLD)["steps"]["train"]
+    assert train["state"] == "success" and train["outcome"].startswith("reused (inputs unchanged)"), train
+    assert json.loads((ws.run_dir(OLD) / "lineage.json").read_text())["reused"]["by"].startswith("airflow hap_daily/")
     version = json.loads((ws.run_dir(OLD) / "promotion.json").read_text())["version"]  # what the run produced
     # versions are content-addressed per day: the forced rerun of OLD is the version the backfill made
     assert version == "20261121.1" and [m["version"] for m in Registry(ws).versions() if m["ds"] == OLD] == [version]

@@ -108,6 +108,13 @@ def test_hap_demo_runs_end_to_end_and_answers_http_200(demo):
         assert stage in out, (stage, out[-4000:])
     assert re.search(r"DAG run success in", out) and "deployed version" in out, out[-4000:]
     assert re.search(r"#1 +item \d+ +score", out), out[-4000:]  # the top of the ranked answer
+    # the day's report and the on-call view of the demo's workspace
+    ws = demo[0]
+    day = re.search(r"running DAG hap_daily for ds=(\S+)", out).group(1)
+    assert f"daily report: {(ws.report_dir(day) / 'index.html').as_uri()}" in out, out[-4000:]
+    status = subprocess.run([str(HAP), "--home", str(ws.root), "status"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"SERVING   {Registry(ws).production()['version']}" in status.stdout and "healthy" in status.stdout
 
 
 # --- README / runbook: alerts ----------------------------------------------------------------------

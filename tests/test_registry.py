@@ -44,5 +44,6 @@ def test_index_lists_versions_with_gate_lineage_and_serving_marker(workspace, tm
     reg.set_production(v1, "first")
     rows = [line for line in (reg.root / "index.md").read_text().splitlines() if line.startswith("| [")]
     assert len(rows) == 2
-    assert v1 in rows[0] and "| pass |" in rows[0] and rows[0].rstrip().endswith("production |")
+    assert v1 in rows[0] and "| pass |" in rows[0] and "| production |" in rows[0]
+    assert rows[0].rstrip().endswith("| [ds=2026-11-22](../reports/ds=2026-11-22/index.html) |")  # the day's report
     assert v2 in rows[1] and "| — |" in rows[1] and "production" not in rows[1]

@@ -360,24 +360,7 @@ def test_composition_bounds_come_from_the_config(day, tmp_path, monkeypatch):
     assert verdict["success"], describe(verdict)
 
 
-def _render(url: str) -> str:
-    """The page's text after a real headless browser (Debian's chromium) ran it."""
-    import re
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is not installed: `make install` installs it (apt-get install chromium)"
-    proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0 and "<html" in proc.stdout.lower(), proc.stderr[-2000:]
-    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", proc.stdout, flags=re.S | re.I)
-    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
-
-
-def test_the_report_of_a_quarantined_day_renders_in_a_browser(day):
+def test_the_report_of_a_quarantined_day_renders_in_a_browser(day, page_text):
     """On-call follows the verdict's report link (a page that needs no network): it shows the
     failure with the offending value and ids and the bands, and links GX's page of the failed suite,
     which shows the failing expectation."""
@@ -386,7 +369,7 @@ def test_the_report_of_a_quarantined_day_renders_in_a_browser(day):
     pq.write_table(_with_values(t, "content_type", _first_n(t, 1), "Video"), path)
     verdict = validate_day(day.root, DS)
     assert not verdict["success"]
-    report = _render(verdict["report"])
+    report = page_text(verdict["report"])
     assert "QUARANTINED" in report and "content_type=Video" in report, report[:2000]
     assert f"request {t['request_id'][0].as_py()}" in report
     assert "candidate_rows" in report and "same weekday" in report  # the bands, with their baseline
@@ -395,5 +378,5 @@ def test_the_report_of_a_quarantined_day_renders_in_a_browser(day):
     site = day.validation_dir(DS) / "gx" / "uncommitted" / "data_docs" / "local_site"
     (page,) = sorted((site / "validations" / "candidate_values").rglob("*.html"))
     assert page.as_uri() in (day.validation_dir(DS) / "report.html").read_text()
-    text = _render(page.as_uri())
+    text = page_text(page.as_uri())
     assert "Unsuccessful Expectations 1" in text and "Video" in text, text[:3000]

@@ -83,7 +83,7 @@ def run_day(ds: str, ws: Workspace | None = None, conf: dict | None = None) -> d
     return states
 
 
-def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]:
+def run_day_subprocess(ds: str, ws: Workspace, log_file: Path, conf: dict | None = None) -> dict[str, str]:
     """The same, in a child process whose (verbose) Airflow log goes to ``log_file``."""
     import json
 
@@ -91,7 +91,16 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path) -> dict[str, str]
     env = {**os.environ, **airflow_env(ws)}
     with log_file.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "workflow.cli", "run-day", "--ds", ds, "--json"],
+            [
+                sys.executable,
+                "-m",
+                "workflow.cli",
+                "run-day",
+                "--ds",
+                ds,
+                "--json",
+                *(["--conf", json.dumps(conf)] if conf else []),
+            ],  # fmt: skip
             env=env,
             stdout=subprocess.PIPE,
             stderr=out,

@@ -29,6 +29,7 @@ HINTS = {
     "package": f"packaging failed; serving is unchanged: {RUNBOOK}#rerun-one-day",
     "promote": f"promotion check failed (force_deploy without a reason?): {RUNBOOK}#force-a-deploy",
     "deploy": f"deploy failed; the previous version keeps serving: {RUNBOOK}#roll-back",
+    "report": f"the daily report could not be built (the run itself is unaffected): rebuild with `hap report --ds <ds>` ({RUNBOOK}#status-and-the-daily-report)",
 }
 
 

@@ -89,7 +89,7 @@ def cmd_step(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     if args.command == "train":
-        print(flow.train(args.ds, ws))
+        print(flow.train(args.ds, ws, retrain=args.retrain))
     elif args.command == "gate":
         decision = flow.gate(args.ds, ws)
         print(("PASS" if decision["passed"] else "FAIL") + " — " + decision["reason"])
@@ -112,7 +112,10 @@ def cmd_run_day(args: argparse.Namespace) -> int:
             f"no data for ds={args.ds} under {ws.data} (both requests and candidates partitions are needed); "
             "pass --wait to let the DAG's sensor wait for it"
         )
-    states = run_day(args.ds, ws)
+    conf = json.loads(args.conf) if args.conf else None
+    if conf is not None and not isinstance(conf, dict):
+        raise StepRefused(f"--conf must be a JSON object of DAG params, got {args.conf!r}")
+    states = run_day(args.ds, ws, conf=conf)
     print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
     return 0 if states["dag_run"] == "success" else 1
 
@@ -196,6 +199,62 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0 if resp.status_code == 200 else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0: serving and nothing open; 1: something needs on-call (listed under NEEDS ATTENTION)."""
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from workflow.status import EXIT_ERROR, collect, exit_code, render
+
+    try:
+        status = collect(_ws(args), n_runs=args.runs, live=not args.no_live)
+    except Exception as exc:  # noqa: BLE001 - "cannot tell" must not read as "needs attention"
+        if args.json:
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        print(f"hap status: could not read the workspace's state: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(status, indent=1, default=str) if args.json else render(status))
+    return exit_code(status)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from workflow.flow import report
+
+    print(report(args.ds, _ws(args), n_days=args.days))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Run the daily DAG for each day of a range, oldest first; exit 1 if any day's run failed."""
+    # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
+    from hap.contract import partition_ready
+    from hap.progress import progress
+    from workflow.airflow_local import run_day_subprocess
+
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    if end < start:
+        raise StepRefused(f"--to {args.end} is before --from {args.start}")
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    ws, failed = _ws(args), []
+    conf = {"window_days": args.window_days} if args.window_days else None
+    with progress(total=len(days), desc="backfill", unit="day") as bar:
+        for ds in days:
+            log_file = ws.airflow / "logs" / f"dag_test_{ds}.log"
+            try:
+                if not partition_ready(ws.data, ds):
+                    raise RuntimeError(f"no data for ds={ds} under {ws.data}")
+                states = run_day_subprocess(ds, ws, log_file, conf=conf)
+            except RuntimeError as exc:  # the day could not be run at all (no data, Airflow broke): go on
+                states = {"dag_run": "not run", "why": str(exc).splitlines()[0][:300]}
+            if states["dag_run"] != "success":
+                failed.append(ds)
+            print(f"{ds}: {states['dag_run']} (" + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run")
+                  + (f"; Airflow log {log_file})" if log_file.exists() else ")"))  # fmt: skip
+            bar.update(1, last=f"{ds} {states['dag_run']}")
+    print(f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {len(days) - len(failed)} succeeded"
+          + (f", failed: {', '.join(failed)} (hap status; runbook: rerun one day)" if failed else ""))  # fmt: skip
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate → validate → train → gate → package → deploy → a request answered."""
     # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
@@ -249,6 +308,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if (run_dir / "decision.json").exists():
         d = json.loads((run_dir / "decision.json").read_text())
         print(f"[4/5] gate: {'PASS' if d['passed'] else 'FAIL'} — {d['reason']} (report: {run_dir / 'decision.md'})")
+    report = ws.report_dir(args.end) / "index.html"
+    if report.exists():
+        print(f"      daily report: {report.as_uri()}")
     prod = Registry(ws).production()
     if states.get("deploy") != "success" or not prod:
         print("deploy did not run; the serving model is unchanged. See the log above.")
@@ -269,8 +331,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"   hap request --ds {args.end} --save /tmp/req.json")
     print(f"   curl -s -H \"Authorization: Bearer $(python -c \"import json;print(json.load(open('{ws.serving}/key_file.json'))['inference']['key'])\")\" "
           f"-H 'Content-Type: application/json' --data @/tmp/req.json {server.inference_url}/predictions/hap")  # fmt: skip
+    print("   on-call view: hap status   (what serves, the last runs, quarantines, open alerts)")
     print("   stop the server: hap serve stop")
     return 0 if resp.status_code == 200 else 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "gate", "package", "deploy"):
         s = sub.add_parser(name, help=f"run the {name} step for one day")
         s.add_argument("--ds", required=True)
+        if name == "train":
+            s.add_argument("--retrain", action="store_true", help="train even if the inputs are unchanged")
         if name == "deploy":
             s.add_argument("--version", required=True)
             s.add_argument("--shadow", action="store_true", help="score live traffic beside production; promote later")
@@ -310,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run-day", help="run the daily DAG for one ds (any date with data) with dag.test()")
     s.add_argument("--ds", required=True)
     s.add_argument("--wait", action="store_true", help="run even if the day's data has not landed (the sensor waits)")
+    s.add_argument("--conf", help="DAG params as JSON, e.g. '{\"skip_deploy\": true}'")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_run_day)
 
@@ -334,6 +407,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", help="write the request JSON here instead of sending it")
     s.add_argument("--columns", action="store_true", help="the compact layout: one list per item feature")
     s.set_defaults(func=cmd_request)
+
+    s = sub.add_parser("status", help="what is serving, the last runs, quarantined days and open alerts")
+    s.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    s.add_argument("--runs", type=_positive, default=7, help="how many of the latest daily runs to show")
+    s.add_argument("--no-live", action="store_true", help="do not ask the local TorchServe (files only)")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("report", help="(re)build a day's HTML report from the workspace's records")
+    s.add_argument("--ds", required=True)
+    s.add_argument("--days", type=int, default=14, help="how many days the trends cover")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("backfill", help="run the daily DAG (dag.test()) for each day of a range, oldest first")
+    s.add_argument("--from", dest="start", required=True)
+    s.add_argument("--to", dest="end", required=True)
+    s.add_argument("--window-days", type=int, help="training window for these runs (default: config)")
+    s.set_defaults(func=cmd_backfill)
 
     s = sub.add_parser("demo", help="the whole flow end to end on embedded defaults")
     s.add_argument("--end", default=(dt.date.today() - dt.timedelta(days=1)).isoformat())

@@ -7,6 +7,7 @@ outputs for a ``ds`` are replaced whole, registry versions are content-addressed
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -16,15 +17,25 @@ from components.runners import run_cluster, run_local
 from expectations.validate import ValidationFailed, describe, validate_day
 from hap.config import HapConfig
 from hap.contract import partition_dir
+from hap.lineage import (
+    actor,
+    code_revision,
+    config_hash,
+    data_lineage,
+    library_versions,
+    text_hash,
+    training_code_hash,
+)
 from hap.workspace import Workspace, window_days, write_json_atomic
 from registry.gate import gate_run
-from registry.store import Registry
+from registry.store import Registry, content_hash
 from serving.archive import build_archive
 from serving.deploy import deploy as deploy_version
 from serving.deploy import rollback as rollback_version
 from serving.kserve import KServeTarget
 from serving.server import LocalTorchServe
 from workflow.errors import StepRefused
+from workflow.runlog import step
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ def deploy_target(ws: Workspace, cfg: HapConfig) -> LocalTorchServe | KServeTarg
     return KServeTarget(cfg.serving) if cfg.serving.mode == "kserve" else server_for(ws, cfg)
 
 
+@step("validate", lambda r: r["status"])
 def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> dict[str, Any]:
     """Validate the day, and any earlier day of the training window without a verdict (or whose
     validator failed).
@@ -72,28 +84,113 @@ def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None)
     return {"ds": ds, "status": verdict["status"], "summary": summary}
 
 
-def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None) -> str:
-    """Run the KFP training pipeline for the day's window; returns the day's run directory."""
+def validation_links(ds: str, ws: Workspace | None = None) -> str:
+    """Where to read the day's validation: its report, Great Expectations' Data Docs, and the day's report."""
+    ws = ws or Workspace.from_env()
+    path = ws.validation_dir(ds) / "verdict.json"
+    verdict = json.loads(path.read_text()) if path.exists() else {}
+    return (f"validation report ds={ds}: {verdict.get('report') or 'not written'}\n"
+            f"Data Docs: {verdict.get('data_docs') or 'not written'}\n"
+            f"daily report (after the run): {(ws.report_dir(ds) / 'index.html').as_uri()}")  # fmt: skip
+
+
+@step("train", lambda run_dir: _train_outcome(Path(run_dir)))
+def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, retrain: bool = False) -> str:
+    """Run the KFP training pipeline for the day's window; returns the day's run directory.
+
+    Training is deterministic, so a rerun whose inputs are all unchanged (the window's partitions
+    and verdicts, the config, the training code, the libraries, the production model it is compared
+    with) reuses the day's trained run instead of training again; ``retrain`` forces a new run."""
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     registry = Registry(ws)
     prod = registry.production()
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
-    if cfg.kfp.mode == "cluster":
-        out = run_cluster(cfg, str(ws.root), ds, prod_dir, ws.run_dir(ds))
+    lineage = run_lineage(ds, ws, cfg)  # the data as training found it, before it reads any
+    prod_manifest = next((m for m in registry.versions() if prod and m["version"] == prod["version"]), {})
+    lineage["production_at_training"] = {
+        "version": prod_manifest.get("version"),
+        "content": prod_manifest.get("content_hash"),
+    }
+    lineage["inputs_sha256"] = text_hash(json.dumps({k: lineage[k] for k in TRAINING_INPUTS}, sort_keys=True))
+    run_dir = ws.run_dir(ds)
+    # on a cluster the code that trains is an image whose tag may move: train there every time
+    earlier = None if retrain or cfg.kfp.mode == "cluster" else reusable_run(run_dir, lineage["inputs_sha256"])
+    if earlier is not None:
+        for name in ("decision.json", "decision.md", "promotion.json"):  # judged afresh by the steps after
+            (run_dir / name).unlink(missing_ok=True)
+        lineage.update(trained_at=earlier["trained_at"], trained_by=earlier["trained_by"],
+                       reused={"at": dt.datetime.now(dt.UTC).isoformat(), "by": actor()})  # fmt: skip
+        log.warning("ds=%s: inputs unchanged since the run trained at %s: reusing it (retrain forces a new one)",
+                    ds, earlier["trained_at"])  # fmt: skip
+        out = {"run_dir": str(run_dir)}
+    elif cfg.kfp.mode == "cluster":
+        out = run_cluster(cfg, str(ws.root), ds, prod_dir, run_dir)
     elif cfg.kfp.mode == "local":
-        out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, ws.run_dir(ds))
+        out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, run_dir)
     else:
         raise ValueError(f"kfp mode must be 'local' or 'cluster', got {cfg.kfp.mode!r}")
     evaluation_path = Path(out["run_dir"]) / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text())
     evaluation["production_version"] = prod["version"] if prod else None
+    evaluation.pop("first_accepted", None)
     first = registry.first_accepted()
     if first is not None:  # the gate's relative floors: never drift far from the first accepted run
         evaluation["first_accepted"] = {"version": first["version"], "ds": first["ds"], "metrics": first["metrics"]}
     write_json_atomic(evaluation_path, evaluation)
+    lineage["trained_days"] = evaluation["holdout"]["days"]
+    lineage["outputs_sha256"] = outputs_hash(Path(out["run_dir"]))
+    write_json_atomic(Path(out["run_dir"]) / "lineage.json", lineage)
     return out["run_dir"]
 
 
+# What a trained run depends on: equal values give equal weights and evaluation (training is deterministic).
+TRAINING_INPUTS = ("code", "config_sha256", "libraries", "data", "production_at_training")
+
+
+def outputs_hash(run_dir: Path) -> str:
+    """The trained run's outputs: both models and the evaluation as the pipeline wrote it (without
+    the fields ``train`` sets afterwards from the registry)."""
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    for key in ("production_version", "first_accepted"):
+        evaluation.pop(key, None)
+    return text_hash(content_hash(run_dir) + json.dumps(evaluation, sort_keys=True))
+
+
+def reusable_run(run_dir: Path, inputs_sha256: str) -> dict[str, Any] | None:
+    """The day's earlier run when it was trained from the same inputs and its outputs are intact."""
+    path = run_dir / "lineage.json"
+    try:
+        earlier = json.loads(path.read_text())
+        if earlier.get("inputs_sha256") != inputs_sha256 or not (run_dir / "evaluation.json").exists():
+            return None
+        return earlier if outputs_hash(run_dir) == earlier.get("outputs_sha256") else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _train_outcome(run_dir: Path) -> str:
+    ev = json.loads((run_dir / "evaluation.json").read_text())["candidate"]
+    reused = "reused (inputs unchanged); " if "reused" in json.loads((run_dir / "lineage.json").read_text()) else ""
+    return (f"{reused}light AUC {ev['light.auc.overall']:.4f}; K={ev['system.k']}: system {ev['system.value']:.4f} "
+            f"vs light alone {ev['system.light_value']:.4f}")  # fmt: skip
+
+
+def run_lineage(ds: str, ws: Workspace, cfg: HapConfig) -> dict[str, Any]:
+    """Code revision, effective config hash, library versions and the window's partitions with
+    their fingerprints and verdicts (training reads only the passed ones)."""
+    days = window_days(ds, cfg.window_days)
+    return {
+        "ds": ds,
+        "code": {**code_revision(), "training_code_sha256": training_code_hash()},
+        "config_sha256": config_hash(cfg.to_json()),
+        "libraries": library_versions(),
+        "data": data_lineage(ws.data, days, {d: ws.validation_status(d) for d in days}),
+        "trained_by": actor(),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+
+
+@step("gate", lambda d: ("PASS" if d["passed"] else "FAIL") + " — " + d["reason"])
 def gate(
     ds: str, ws: Workspace | None = None, run_dir: str | Path | None = None, cfg: HapConfig | None = None
 ) -> dict[str, Any]:
@@ -106,6 +203,7 @@ def gate(
     return gate_run(run_dir, cfg.orchestration.gate_policy or None)
 
 
+@step("package", lambda version: f"version {version}")
 def package(
     ds: str, ws: Workspace | None = None, run_dir: str | Path | None = None, cfg: HapConfig | None = None
 ) -> str:
@@ -125,6 +223,7 @@ def package(
     return version
 
 
+@step("promote", lambda d: ("deploy" if d["deploy"] else "stop") + " — " + d["reason"])
 def promotion(
     ds: str, version: str, ws: Workspace | None = None, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -157,6 +256,10 @@ def promotion(
     return decision
 
 
+@step(
+    "deploy",
+    lambda r: f"shadow {r['version']} beside {r['previous']}" if r.get("shadow") else f"serving {r['version']}",
+)
 def deploy(
     ds: str, version: str, ws: Workspace | None = None, cfg: HapConfig | None = None, shadow: bool = False
 ) -> dict[str, Any]:
@@ -174,3 +277,12 @@ def rollback(reason: str, ws: Workspace | None = None, cfg: HapConfig | None = N
     InferenceService's storage URI on KServe) and record it in the registry."""
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     return rollback_version(ws, deploy_target(ws, cfg), reason)
+
+
+@step("report", lambda uri: uri)
+def report(ds: str, ws: Workspace | None = None, n_days: int = 14) -> str:
+    """Build the day's HTML report (``reports/ds=<ds>/index.html``); returns its ``file://`` link."""
+    # deferred: matplotlib loads only when a report is built
+    from workflow.report import build
+
+    return build(ds, ws or Workspace.from_env(), n_days=n_days).as_uri()
