@@ -242,7 +242,7 @@ def test_status_and_report_show_two_days_from_data_to_serving(ws, server, second
     assert len(lineage["config_sha256"]) == 16 and len(lineage["gate_policy"]["sha256"]) == 16
     assert {"torch", "kfp", "apache-airflow", "great-expectations"} <= set(lineage["libraries"])
     runs = {r["ds"]: r for r in status["runs"]}
-    assert runs[FIRST]["steps"]["deploy"]["state"] == "success" and runs[FIRST]["steps"]["train"]["seconds"] > 0
+    assert runs[FIRST]["steps"]["deploy"]["state"] == "success" and runs[FIRST]["steps"]["train"]["state"] == "success"
     day2 = runs[GATE_FAIL]
     assert [n for n in ("validate", "train", "gate", "report") if day2["steps"][n]["state"] == "success"] == [
         "validate", "train", "gate", "report"]  # fmt: skip

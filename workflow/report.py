@@ -151,7 +151,8 @@ def _summary(d: _Data, st: dict[str, Any]) -> str:
              ("Great Expectations Data Docs", (d.verdicts.get(d.ds) or {}).get("data_docs")),
              ("gate report", (d.ws.run_dir(d.ds) / "decision.md").as_uri() if d.decision else None),
              ("registry index", (d.ws.registry / "index.md").as_uri() if (d.ws.registry / "index.md").exists() else None)]  # fmt: skip
-    link_html = " · ".join(f'<a href="{html.escape(u)}">{html.escape(n)}</a>' for n, u in links if u)
+    safe = [(n, str(u)) for n, u in links if u and str(u).startswith(("file:", "http:", "https:"))]
+    link_html = " · ".join(f'<a href="{html.escape(u)}">{html.escape(n)}</a>' for n, u in safe)
     alerts = "".join(
         f"<li>{html.escape(a.get('at', '')[:19])} {html.escape(str(a.get('kind')))} "
         f"{html.escape(str(a.get('task_id') or ''))} ds={html.escape(str(a.get('ds') or '—'))}: "
