@@ -173,7 +173,8 @@ def _steps(d: _Data) -> str:
             classes.append("muted")
             continue
         state = "building this page" if name == "report" and s.get("state") == "running" else s.get("state")
-        rows.append([name, state, s.get("seconds"), s.get("outcome") or "", (s.get("error") or "")[:400]])
+        seconds = f"{s['seconds']:.1f}" if isinstance(s.get("seconds"), int | float) else None
+        rows.append([name, state, seconds, s.get("outcome") or "", str(s.get("error") or "")[:400]])
         classes.append("bad" if s.get("state") == "failed" else "")
     note = f"run {html.escape(str(d.steps.get('run_id')))}"
     return (f'<section id="steps"><h2>Steps of ds={d.ds}</h2><p>{note}</p>'
@@ -199,7 +200,10 @@ def _lineage(d: _Data, st: dict[str, Any]) -> str:
             rows.append(["library", lib, v])
         trained = set(lineage.get("trained_days") or [])
         for day in lineage.get("data", []):
-            for t in [t for t in day if t not in ("ds", "validation") and day[t]]:
+            tables = [t for t in ("requests", "candidates", "eval_candidates") if day.get(t)]
+            if not tables:
+                rows.append([f"data ds={day['ds']}", "no partitions", "nothing had landed for this day of the window"])
+            for t in tables:
                 fp = day.get(t) or {}
                 used = "trained on" if day["ds"] in trained else "left out"
                 rows.append([f"data {t} ds={day['ds']}", fp.get("sha256", "absent"),
@@ -254,7 +258,10 @@ def _auc(d: _Data) -> str:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AUC")
-    axes[-1].legend(fontsize=7)
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(
+        handles.values(), handles.keys(), fontsize=7, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.08)
+    )
     caption = f"AUC per slice over {d.days[0]}..{d.days[-1]}: each day's candidate and the production model on the same held-out day"
     return f'<section id="auc"><h2>Held-out AUC by difficulty slice</h2>{_figure("auc", fig, caption)}{table}</section>'
 
