@@ -11,6 +11,7 @@ import typing
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, chain, dag, task
 
 from hap.config import HapConfig, KfpMode  # dataclasses only: cheap at parse time
+from workflow.links import LINKS  # link classes only: cheap at parse time
 
 DOC = """
 ### HAP daily retraining
@@ -37,6 +38,9 @@ One run per logical day `ds`:
    writes the day's page `$HAP_HOME/reports/ds=<ds>/index.html`: steps, serving, lineage, per-slice
    AUC over days, gate rules, system metric vs FLOPs across K, validation bands, gradient conflict,
    deploy/rollback timeline. Its task log prints the link. `hap status` shows the same state as text.
+
+Every task's page links the day's report and its Data Docs (*HAP daily report*, *Data Docs
+(validation)*); its *Docs* tab says what it does and where to look.
 
 Every step is idempotent for its `ds`; a rerun whose training inputs are all unchanged reuses the
 day's trained run (`retrain` forces a new one). Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
@@ -236,3 +240,5 @@ def hap_daily():
 
 
 daily_dag = hap_daily()
+for _task in daily_dag.tasks:  # every task's page links the day's report and Data Docs
+    _task.operator_extra_links = LINKS

@@ -344,6 +344,9 @@ class OrchestrationConfig:
     sensor_mode: SensorMode = "reschedule"  # reschedule frees the worker slot between pokes
     run_deadline_h: float = 6.0  # a run still going this long after it was queued alerts; 0 turns it off
     gate_policy: str = ""
+    # Where ``$HAP_HOME``'s pages (``reports/``, ``validation/``) are published over HTTP, for the
+    # links on each Airflow task; empty: ``file://`` links into the workspace (one machine).
+    pages_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HAP_SENSOR_MODE": ("orchestration", "sensor_mode"),
     "HAP_RUN_DEADLINE_H": ("orchestration", "run_deadline_h"),
     "HAP_GATE_POLICY": ("orchestration", "gate_policy"),
+    "HAP_PAGES_URL": ("orchestration", "pages_url"),
 }
 
 

@@ -49,6 +49,12 @@ def test_daily_dag_wiring_retries_and_alerts(bag):
     assert report.is_teardown and not report.on_failure_fail_dagrun
     assert report.upstream_task_ids == {"deploy"} and not report.downstream_task_ids
     assert "reports/ds=<ds>/index.html" in report.doc_md
+    # every task's page links the day's report and Data Docs: the API server reads the serialized DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    for task in served.tasks:
+        assert sorted(task.extra_links) == ["Data Docs (validation)", "HAP daily report"], task.task_id
     # XComs carry what the next task uses: the run directory, then the version; no task takes an
     # argument only to fake an ordering (those edges are ``chain``)
     handed = {

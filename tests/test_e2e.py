@@ -272,6 +272,21 @@ def test_status_and_report_show_two_days_from_data_to_serving(ws, server, second
     assert f"deploy {V1}" in text  # the timeline's table
     index = (ws.registry / "index.md").read_text()
     assert f"../reports/ds={FIRST}/index.html" in index
+    # the Airflow UI's links on the day's tasks: computed by the worker as each task ended, kept as XComs
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from workflow.links import data_docs_url, report_url
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == "hap_daily", XComModel.key.like("_link_%")).all()
+        links = {(r.task_id, XComModel.deserialize_value(r)) for r in rows}
+    assert ("validate", report_url(GATE_FAIL)) in links and ("deploy", report_url(FIRST)) in links, links
+    assert ("validate", data_docs_url(GATE_FAIL)) in links
+    assert (
+        data_docs_url(GATE_FAIL)
+        == f"{ws.validation_dir(GATE_FAIL).as_uri()}/gx/uncommitted/data_docs/local_site/index.html"
+    )
 
 
 def subprocess_out(cmd: list[str]) -> str:
