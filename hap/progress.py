@@ -40,26 +40,14 @@ T = TypeVar("T")
 _clock = time.monotonic  # a module global so that tests can drive the throttle with a fake clock
 
 
-def progress(
-    iterable: Iterable[T] | None = None,
-    *,
-    total: int | None = None,
-    desc: str = "",
-    unit: str = "step",
-    file: TextIO | None = None,
-    enabled: bool = True,
-) -> Progress[T]:
-    """Progress of ``iterable`` (iterate the result) or of manual ``update`` calls (a context manager).
-
-    ``total`` defaults to ``len(iterable)`` where it has one; ``file`` is where a bar draws and whose
-    TTY-ness picks the mode (default: ``sys.stderr``); ``enabled=False`` is silent (e.g. DDP ranks
-    other than 0, so a job logs its progress once).
-    """
-    return Progress(iterable, total=total, desc=desc, unit=unit, file=file, enabled=enabled)
-
-
 class Progress(Generic[T]):
-    """One piece of long work: a bar, log lines, or nothing (see the module docstring)."""
+    """One piece of long work: a bar, log lines, or nothing (see the module docstring).
+
+    Follows ``iterable`` (iterate it) or manual ``update`` calls (a context manager). ``total``
+    defaults to ``len(iterable)`` where it has one; ``file`` is where a bar draws and whose TTY-ness
+    picks the mode (default: ``sys.stderr``); ``enabled=False`` is silent (e.g. DDP ranks other than
+    0, so a job logs its progress once).
+    """
 
     def __init__(
         self,
@@ -221,6 +209,9 @@ class Progress(Generic[T]):
             self._logger.info("%s", f"{self.desc}: {text}" if self.desc else text)
         except Exception:  # noqa: BLE001 - logging reports its own handler errors; this is for ours
             pass
+
+
+progress = Progress  # the call sites' spelling: ``with progress(total=…, desc=…) as p`` / ``for x in progress(xs)``
 
 
 def _mode(file: TextIO | None) -> str:

@@ -78,6 +78,16 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; ``None`` when absent, unreadable or not an object (on-call views
+    read records a crash may have left half-written: they show what they can)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def fresh_dir(path: Path) -> Path:
     """An empty folder at ``path``: what an earlier run left there is removed, so a rerun replaces
     its outputs instead of adding to them (idempotent by day)."""

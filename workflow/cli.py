@@ -106,15 +106,18 @@ def cmd_run_day(args: argparse.Namespace) -> int:
     from hap.contract import partition_ready
     from workflow.airflow_local import run_day
 
+    try:
+        conf = json.loads(args.conf) if args.conf else None
+    except ValueError as exc:
+        raise StepRefused(f"--conf is not JSON ({exc}): {args.conf!r}") from exc
+    if conf is not None and not isinstance(conf, dict):
+        raise StepRefused(f"--conf must be a JSON object of DAG params, got {args.conf!r}")
     ws = _ws(args)
     if not args.wait and not partition_ready(ws.data, args.ds):
         raise StepRefused(
             f"no data for ds={args.ds} under {ws.data} (both requests and candidates partitions are needed); "
             "pass --wait to let the DAG's sensor wait for it"
         )
-    conf = json.loads(args.conf) if args.conf else None
-    if conf is not None and not isinstance(conf, dict):
-        raise StepRefused(f"--conf must be a JSON object of DAG params, got {args.conf!r}")
     states = run_day(args.ds, ws, conf=conf)
     print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
     return 0 if states["dag_run"] == "success" else 1
@@ -239,16 +242,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     with progress(total=len(days), desc="backfill", unit="day") as bar:
         for ds in days:
             log_file = ws.airflow / "logs" / f"dag_test_{ds}.log"
-            try:
-                if not partition_ready(ws.data, ds):
-                    raise RuntimeError(f"no data for ds={ds} under {ws.data}")
-                states = run_day_subprocess(ds, ws, log_file, conf=conf)
-            except RuntimeError as exc:  # the day could not be run at all (no data, Airflow broke): go on
-                states = {"dag_run": "not run", "why": str(exc).splitlines()[0][:300]}
+            ran = partition_ready(ws.data, ds)
+            states = {"dag_run": "not run", "why": f"no data for ds={ds} under {ws.data}"}
+            if ran:
+                try:
+                    states = run_day_subprocess(ds, ws, log_file, conf=conf)
+                except RuntimeError as exc:  # the run gave no result (Airflow broke): say so, go on
+                    states = {"dag_run": "not run", "why": str(exc).splitlines()[0][:300]}
             if states["dag_run"] != "success":
                 failed.append(ds)
             print(f"{ds}: {states['dag_run']} (" + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run")
-                  + (f"; Airflow log {log_file})" if log_file.exists() else ")"))  # fmt: skip
+                  + (f"; Airflow log {log_file})" if ran else ")"))  # fmt: skip
             bar.update(1, last=f"{ds} {states['dag_run']}")
     print(f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {len(days) - len(failed)} succeeded"
           + (f", failed: {', '.join(failed)} (hap status; runbook: rerun one day)" if failed else ""))  # fmt: skip

@@ -26,7 +26,7 @@ from hap.lineage import (
     text_hash,
     training_code_hash,
 )
-from hap.workspace import Workspace, window_days, write_json_atomic
+from hap.workspace import Workspace, read_json_object, window_days, write_json_atomic
 from registry.gate import gate_run
 from registry.store import Registry, content_hash
 from serving.archive import build_archive
@@ -87,8 +87,7 @@ def validate(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None)
 def validation_links(ds: str, ws: Workspace | None = None) -> str:
     """Where to read the day's validation: its report, Great Expectations' Data Docs, and the day's report."""
     ws = ws or Workspace.from_env()
-    path = ws.validation_dir(ds) / "verdict.json"
-    verdict = json.loads(path.read_text()) if path.exists() else {}
+    verdict = read_json_object(ws.validation_dir(ds) / "verdict.json") or {}  # absent or half-written: say so
     return (f"validation report ds={ds}: {verdict.get('report') or 'not written'}\n"
             f"Data Docs: {verdict.get('data_docs') or 'not written'}\n"
             f"daily report (after the run): {(ws.report_dir(ds) / 'index.html').as_uri()}")  # fmt: skip
@@ -106,7 +105,7 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
     prod = registry.production()
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
     lineage = run_lineage(ds, ws, cfg)  # the data as training found it, before it reads any
-    prod_manifest = next((m for m in registry.versions() if prod and m["version"] == prod["version"]), {})
+    prod_manifest = (read_json_object(registry.version_dir(prod["version"]) / "manifest.json") if prod else None) or {}
     lineage["production_at_training"] = {
         "version": prod_manifest.get("version"),
         "content": prod_manifest.get("content_hash"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hap import HARD_SOURCES, SLICES
-from hap.workspace import Workspace, window_days
+from hap.workspace import Workspace, read_json_object, window_days
 from registry.store import Registry
 from workflow import runlog, status
 
@@ -30,15 +30,6 @@ log = logging.getLogger(__name__)
 # The figures and tables a report holds (ids in the page: ``fig-<name>``, ``table-<name>``).
 FIGURES = ("auc", "routing", "validation", "gradients", "timeline")
 TABLES = ("steps", "lineage", "auc", "gate", "routing", "validation", "verdicts", "gradients", "timeline")
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; ``None`` when absent, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
@@ -105,8 +96,8 @@ class _Data:
     def __init__(self, ws: Workspace, ds: str, n_days: int) -> None:
         self.ws, self.ds = ws, ds
         self.days = window_days(ds, n_days)
-        self.evaluations = {d: _load(ws.run_dir(d) / "evaluation.json") for d in self.days}
-        self.verdicts = {d: _load(ws.validation_dir(d) / "verdict.json") for d in self.days}
+        self.evaluations = {d: read_json_object(ws.run_dir(d) / "evaluation.json") for d in self.days}
+        self.verdicts = {d: read_json_object(ws.validation_dir(d) / "verdict.json") for d in self.days}
         self.steps = runlog.read(ws, ds)
         steps = self.steps["steps"]
 
@@ -115,7 +106,7 @@ class _Data:
             (a file left by an earlier attempt must not read as today's result)."""
             if steps and (steps.get(name) or {}).get("state") != "success":
                 return None
-            return _load(path)
+            return read_json_object(path)
 
         self.decision = of_this_run("gate", ws.run_dir(ds) / "decision.json")
         self.promotion = of_this_run("promote", ws.run_dir(ds) / "promotion.json")
@@ -183,7 +174,7 @@ def _steps(d: _Data) -> str:
 
 def _lineage(d: _Data, st: dict[str, Any]) -> str:
     rows = []
-    version = _load(d.registry.version_dir(d.version) / "manifest.json") if d.version else None
+    version = read_json_object(d.registry.version_dir(d.version) / "manifest.json") if d.version else None
     lineage = (version or {}).get("lineage") or d.lineage
     if lineage and "code" in lineage:
         rows.append(
@@ -213,7 +204,7 @@ def _lineage(d: _Data, st: dict[str, Any]) -> str:
     seen, current = set(), prod["version"] if prod else None
     while current and current not in seen and len(chain) < 10:  # serving version → its parents
         seen.add(current)
-        m = _load(d.registry.version_dir(current) / "manifest.json") or {}
+        m = read_json_object(d.registry.version_dir(current) / "manifest.json") or {}
         code = ((m.get("lineage") or {}).get("code") or {}).get("commit", "not recorded")
         chain.append(f"{current} (ds={m.get('ds')}, window {', '.join(m.get('window_days') or [])}, code {code[:12]})")
         current = m.get("parent")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
+import functools
+import inspect
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hap.lineage import actor
-from hap.workspace import Workspace, write_json_atomic
+from hap.workspace import Workspace, read_json_object, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,8 @@ def steps_file(ws: Workspace, ds: str) -> Path:
 
 def read(ws: Workspace, ds: str) -> dict[str, Any]:
     """The day's record; an absent or unreadable one reads as empty (status and reports go on)."""
-    path = steps_file(ws, ds)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("steps"), dict):
+    record = read_json_object(steps_file(ws, ds))
+    if record is None or not isinstance(record.get("steps"), dict):
         return {"ds": ds, "run_id": None, "steps": {}}
     return record
 
@@ -129,8 +126,6 @@ def _ended(state: str, t0: float, note: dict[str, Any], error: str | None = None
 def step(name: str, outcome: Callable[[Any], str] | None = None) -> Callable:
     """Decorate a ``workflow.flow`` step ``fn(ds, ..., ws=None, ...)``: record it for its day, with
     ``outcome(result)`` as the one-line outcome."""
-    import functools
-    import inspect
 
     def wrap(fn: Callable) -> Callable:
         signature = inspect.signature(fn)

@@ -10,24 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
-from hap.workspace import Workspace
+from hap.workspace import Workspace, read_json_object
 from registry.store import Registry
 from workflow import runlog
 
 # ``hap status`` exit codes (README: exit codes).
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 3
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; ``None`` when absent, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def report_link(ws: Workspace, ds: str) -> str | None:
@@ -41,7 +31,7 @@ def serving(ws: Workspace, live: dict[str, Any] | None = None) -> dict[str, Any]
     pointer = registry.production()
     if pointer is None:
         return None
-    manifest = _load(registry.version_dir(pointer["version"]) / "manifest.json") or {}
+    manifest = read_json_object(registry.version_dir(pointer["version"]) / "manifest.json") or {}
     lineage = manifest.get("lineage") or {}
     out = {
         "version": pointer["version"],
@@ -135,7 +125,7 @@ def quarantined(ws: Workspace, n: int = 20) -> list[dict[str, Any]]:
     """Days whose latest verdict is not ``passed`` (kept in place, never trained on), newest first."""
     out = []
     for path in sorted((ws.root / "validation").glob("ds=*/verdict.json"), reverse=True):
-        verdict = _load(path)
+        verdict = read_json_object(path)
         if verdict is None or verdict.get("status", "passed" if verdict.get("success") else "quarantined") == "passed":
             continue
         out.append({"ds": verdict.get("ds", path.parent.name[3:]), "status": verdict.get("status", "quarantined"),
@@ -149,6 +139,12 @@ def _time(value: Any) -> dt.datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _after(entry: dict[str, Any], key: str, at: dt.datetime) -> bool:
+    """Whether the step entry's ``key`` time is later than ``at``."""
+    t = _time(entry.get(key))
+    return t is not None and t > at
 
 
 def read_alerts(ws: Workspace) -> list[dict[str, Any]]:
@@ -171,33 +167,22 @@ def open_alerts(ws: Workspace) -> list[dict[str, Any]]:
     A failed step's alert closes when that step later succeeds for the same day or a newer one (the
     quarantine itself stays listed under quarantined days); a partition that never landed, when the
     day's validation starts after it; a late run, when that run records a step after it."""
-    days = runlog.days(ws)
-    records = {ds: runlog.read(ws, ds) for ds in days}
-
-    def entries() -> list[tuple[str, str, dict[str, Any]]]:  # (ds, step, entry), previous runs too
-        out = []
-        for ds, record in records.items():
-            for steps in (record.get("steps", {}), (record.get("previous") or {}).get("steps", {})):
-                out += [(ds, name, e) for name, e in steps.items() if isinstance(e, dict)]
-        return out
-
-    seen = entries()
+    seen = []  # (ds, step, entry) of every recorded step, earlier runs of a day included
+    for ds in runlog.days(ws):
+        record = runlog.read(ws, ds)
+        for steps in (record["steps"], (record.get("previous") or {}).get("steps", {})):
+            seen += [(ds, name, e) for name, e in steps.items() if isinstance(e, dict)]
     open_ = []
     for alert in read_alerts(ws):
         at, ds, task = _time(alert["at"]), str(alert.get("ds") or ""), alert.get("task_id")
-
-        def after(e: dict[str, Any], key: str, at: dt.datetime = at) -> bool:
-            t = _time(e.get(key))
-            return t is not None and t > at
-
         if alert.get("kind") == "task_failed" and ds:
             if task == "wait_for_partition":
-                answered = any(d == ds and n == "validate" and after(e, "started") for d, n, e in seen)
+                answered = any(d == ds and n == "validate" and _after(e, "started", at) for d, n, e in seen)
             else:
-                answered = any(d >= ds and n == task and e.get("state") == "success" and after(e, "ended")
+                answered = any(d >= ds and n == task and e.get("state") == "success" and _after(e, "ended", at)
                                for d, n, e in seen)  # fmt: skip
         elif alert.get("kind") == "deadline_missed":
-            answered = any(e.get("run_id") == alert.get("run_id") and after(e, "ended") for _, _, e in seen)
+            answered = any(e.get("run_id") == alert.get("run_id") and _after(e, "ended", at) for _, _, e in seen)
         else:
             answered = False
         if not answered:
