@@ -15,6 +15,12 @@ DAGS_FOLDER = Path(os.environ.get("HAP_DAGS_FOLDER", Path(__file__).resolve().pa
 DAG_FILE = DAGS_FOLDER / "hap_daily.py"
 
 
+# SQLite's driver gives up on a write lock after 5 s; a standalone scheduler, its DAG processor and a
+# CLI call (``backfill create`` writing one run per day) contend for longer than that on 2 cores.
+# Airflow imports this dict by name (``[database] sql_alchemy_connect_args``).
+SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60}
+
+
 def airflow_env(ws: Workspace) -> dict[str, str]:
     """Environment for a local Airflow whose home lives in the workspace."""
     return {
@@ -132,6 +138,7 @@ class StandaloneAirflow:
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "2",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "workflow.airflow_local.SQLITE_CONNECT_ARGS",
                 "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 # backfills and manual runs only: no scheduled run for "today" competes with them
