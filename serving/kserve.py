@@ -334,6 +334,37 @@ def _traffic(isvc: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _settled(isvc: dict[str, Any], canary: int | None, new_revision: bool, before: str | None) -> bool:
+    """Whether KServe's status shows the change done: a status of the current spec (its observed
+    generation), the spec's revision (latestCreatedRevision; not ``before`` if the change started a
+    ``new_revision``) and
+
+    - without a canary: that revision Ready and holding all the traffic. Never "the latest Ready
+      revision": while the spec's revision is not Ready that is an older one, whose version is not
+      the spec's (after a withdrawn canary, the refused version's);
+    - with a canary: the rolled-out revision holding the rest, and the spec's revision its share
+      (Ready first, if it is new; a canary withdrawn to 0 may never have become Ready).
+    """
+    status, meta = isvc.get("status", {}), isvc.get("metadata", {})
+    if status.get("observedGeneration", meta.get("generation", 0)) < meta.get("generation", 0):
+        return False
+    predictor = _predictor_status(isvc)
+    created, traffic = predictor.get("latestCreatedRevision"), _traffic(isvc)
+    ready = (
+        created is not None
+        and created == predictor.get("latestReadyRevision")
+        and any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    )
+    if created is None or (new_revision and created == before):
+        return False
+    if canary is None:
+        return ready and traffic.get(created) == 100
+    if new_revision and not ready:
+        return False
+    rolled = predictor.get("latestRolledoutRevision")
+    return traffic.get(rolled, 0) == 100 - canary and (canary == 0 or traffic.get(created) == canary)
+
+
 class KServeTarget:
     """The InferenceService as the deploy's target.
 
@@ -405,8 +436,8 @@ class KServeTarget:
         return model_changed
 
     def _change(self, what: str, version: str, canary: int | None) -> dict[str, Any]:
-        """Apply, then wait until KServe reports it done: a new revision (if the model changed)
-        created and Ready, and the traffic split asked for."""
+        """Apply, then wait until KServe reports it done (``_settled``); a revision of the spec that
+        KServe reports failed ends the wait at once."""
         before = _predictor_status(self._get() or {}).get("latestCreatedRevision")
         new_revision = self._apply(version, canary)
         deadline = time.monotonic() + self.k.ready_timeout_s
@@ -415,28 +446,17 @@ class KServeTarget:
             status = _predictor_status(isvc)
             created, ready_rev = status.get("latestCreatedRevision"), status.get("latestReadyRevision")
             conditions = {c["type"]: c for c in isvc.get("status", {}).get("conditions", [])}
-            traffic = _traffic(isvc)
-            if new_revision:  # Knative's new revision exists and is Ready, then the split
-                done = created not in (None, before) and created == ready_rev
-                done = done and conditions.get("Ready", {}).get("status") == "True"
-                failed = [
-                    c for c in conditions.values() if c.get("reason") == "RevisionFailed" and c["status"] == "False"
-                ]
-                if created not in (None, before) and failed:
-                    raise DeployFailed(f"{what}: revision {created} failed: {failed[0].get('message', '')}")
-            else:  # only the split changes (a failed canary may never have become Ready)
-                done, created = True, created if canary is not None else ready_rev
-            rolled = status.get("latestRolledoutRevision")
-            if done and canary is None and traffic.get(created) == 100:
+            failed = [c for c in conditions.values() if c.get("reason") == "RevisionFailed" and c["status"] == "False"]
+            spec_revision_failed = created not in (None, before) if new_revision else canary is None
+            if failed and spec_revision_failed:
+                raise DeployFailed(f"{what}: revision {created} failed: {failed[0].get('message', '')}")
+            if _settled(isvc, canary, new_revision, before):
                 return isvc
-            if done and canary is not None and traffic.get(rolled, 0) == 100 - canary:
-                if canary == 0 or traffic.get(created) == canary:
-                    return isvc
             if time.monotonic() > deadline:
                 ready = conditions.get("Ready", {})
                 raise DeployFailed(
                     f"{what}: not done within {self.k.ready_timeout_s}s (created {created}, ready {ready_rev}, "
-                    f"traffic {traffic}, Ready={ready.get('status')} {ready.get('message', '')})"
+                    f"traffic {_traffic(isvc)}, Ready={ready.get('status')} {ready.get('message', '')})"
                 )
             time.sleep(self.k.poll_s)
 

@@ -22,27 +22,56 @@ os.environ["HAP_SENSOR_POKE_S"] = "2"  # the partition sensor re-checks every 2 
 os.environ["HAP_CONFIG"] = str(Path(__file__).with_name("hap_test.yaml"))  # daily runs: 2 epochs at most
 
 
+_PORT_LEASES = Path(tempfile.gettempdir()) / "hap-test-ports"
+_leases: list = []  # open lock files: each port handed out stays leased until this process exits
+
+
+def _lease(port: int):
+    """An exclusive ``flock`` on the port's lease file, or None when another process holds it."""
+    import fcntl
+
+    _PORT_LEASES.mkdir(exist_ok=True)
+    f = (_PORT_LEASES / str(port)).open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def _free_port_block(n: int) -> int:
     """A base port with ``n`` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range
-    (32768+) so that no outgoing connection can take one before TorchServe binds it."""
+    (32768+) so that no outgoing connection can take one before TorchServe binds it.
+
+    A port that binds now may still be taken by a server that is starting (a JVM binds seconds after
+    its launch): each port handed out is leased, in this process and across processes (test sessions
+    and benchmarks side by side on one machine), and never handed out again while the lease holds."""
     import random
 
     rng = random.Random()
-    for _ in range(200):
+    for _ in range(400):
         base = rng.randrange(20000, 32000 - n)
+        leases = [lease for p in range(base, base + n) if (lease := _lease(p)) is not None]
+        if len(leases) < n:
+            for lease in leases:
+                lease.close()
+            continue
         socks = []
         try:
             for p in range(base, base + n):
                 t = socket.socket()
                 socks.append(t)
                 t.bind(("127.0.0.1", p))
-            return base
-        except OSError:
+        except OSError:  # in use by something else: keep the leases, so this session never tries them again
+            _leases.extend(leases)
             continue
         finally:
             for t in socks:
                 t.close()
-    raise RuntimeError("no free port block")
+        _leases.extend(leases)
+        return base
+    raise RuntimeError(f"no block of {n} free, unleased ports in 20000-32000 (leases in {_PORT_LEASES})")
 
 
 os.environ["HAP_SERVE_PORT"] = str(_free_port_block(5))

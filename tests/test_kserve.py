@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from test_serving import DS, _day_workspace, _make_versions, _same_answer
+from serving_support import DS, day_workspace, make_versions, same_answer
 
 from hap.config import HapConfig, KServeConfig, ServingConfig
 from hap.workspace import Workspace
@@ -104,7 +104,7 @@ class _Revision:
         self.probe[0] = os.sys.executable
         startup = container.startup_probe
         self.startup_deadline = time.monotonic() + startup.period_seconds * startup.failure_threshold
-        self.failed = False
+        self.failed = self.started = False
         env = {e.name: self._local(e.value, base_port) for e in container.env}
         args = [self._local(a, base_port) for a in container.args]
         tmp = self.dir / "tmp"
@@ -132,20 +132,54 @@ class _Revision:
         )
 
     def ready(self) -> bool:
-        """The runtime's probes: the startup probe's command (the kubelet; failing past its
-        threshold, the container is killed and the revision failed) and /ping (queue-proxy)."""
+        """Knative's view of the revision. Until it has started: the runtime's probes — the startup
+        probe's command (the kubelet; failing past its threshold, the container is killed and the
+        revision failed) and /ping (queue-proxy) — answered by this container's own listener (a pod has
+        a network of its own; here another process could hold the port). Once started it stays Ready
+        while its container runs: a slow probe on a busy node does not move Knative's traffic."""
         if self.failed:
             return False
-        if subprocess.run(self.probe, capture_output=True).returncode != 0:
+        if self.proc.poll() is not None:  # the container exited
+            self.failed = True
+            self.stop()
+            return False
+        if self.started:
+            return True
+        probe = subprocess.run(self.probe, capture_output=True)
+        if probe.returncode != 0 or not self._listens():
             if time.monotonic() > self.startup_deadline:
                 self.failed = True
                 self.stop()
             return False
         self.startup_deadline = float("inf")  # started: the startup probe is done
         try:
-            return requests.get(f"{self.url}/ping", timeout=2).status_code == 200
+            self.started = requests.get(f"{self.url}/ping", timeout=10).status_code == 200
         except requests.RequestException:
             return False
+        return self.started
+
+    def _listens(self) -> bool:
+        """Whether this container's own processes listen on its inference and management ports."""
+        import psutil
+
+        ports = {int(self.url.rsplit(":", 1)[1]), int(self.mgmt_url.rsplit(":", 1)[1])}
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        listening = set()
+        for proc in procs:
+            try:
+                listening |= {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                continue
+        return ports <= listening
+
+    def crash(self) -> None:
+        """The container dies (a fault the tests inject): Knative then reports the revision failed."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -180,6 +214,7 @@ class _KServeStandIn:
         self.history: list[dict[str, int]] = []
         self.corrupt: set[str] = set()  # storage URIs whose archive arrives with other weights
         self.broken: set[str] = set()  # storage URIs whose archive arrives cut short
+        self.crash_on_promote: set[str] = set()  # storage URIs whose pod dies when its canary share is dropped
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         if self.obj is None:
@@ -215,6 +250,10 @@ class _KServeStandIn:
             self.calls.append(f"replace {self._describe(body['spec'])}")
             if old["spec"]["predictor"]["model"] != body["spec"]["predictor"]["model"]:
                 self._new_revision()
+            elif body["spec"]["predictor"].get("canaryTrafficPercent") is None:
+                latest = self.revisions.get(self.order[-1])
+                if latest is not None and latest.storage_uri in self.crash_on_promote:
+                    latest.crash()
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append("delete")
@@ -258,6 +297,7 @@ class _KServeStandIn:
         )
         ok = latest_ready == created
         self.obj["status"] = {
+            "observedGeneration": meta["generation"],
             "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
             "conditions": [{"type": "Ready", "status": "True" if ok else "False",
                             **({"reason": "RevisionFailed", "message": "the container exited"} if failed else {})}],
@@ -268,6 +308,8 @@ class _KServeStandIn:
         }  # fmt: skip
 
     def serving_revision(self) -> _Revision:
+        """The revision holding all the traffic now."""
+        self._reconcile()
         (name,) = [n for n, p in self.history[-1].items() if p == 100]
         return self.revisions[name]
 
@@ -374,12 +416,12 @@ def test_local_mode_keeps_loopback_and_token_auth(tmp_path):
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, small_day):
-    return _day_workspace(tmp_path_factory.mktemp("kserve"), small_day)
+    return day_workspace(tmp_path_factory.mktemp("kserve"), small_day)
 
 
 @pytest.fixture(scope="module")
 def versions(ws, small_day) -> list[str]:
-    return _make_versions(ws, small_day, 3)
+    return make_versions(ws, small_day, 3)
 
 
 @pytest.fixture(scope="module")
@@ -502,6 +544,34 @@ def test_a_leftover_canary_is_refused_and_a_rollback_never_gives_it_all_the_traf
     assert all(sum(t.values()) == 100 for t in standin.history)
 
 
+def test_a_rollback_whose_revision_dies_as_it_takes_the_traffic_fails_and_never_reports_the_old_one(
+    ws, versions, cluster
+):
+    """The rolled-back version's revision comes up at 0%, then dies when it is given all the traffic:
+    Knative keeps the traffic on the latest Ready revision — the version being rolled back from. The
+    rollback must fail and say so; reporting it done would record the spec's version as production
+    while the refused one serves (the 0.01 that once reached the protocol tests)."""
+    cfg, standin = cluster
+    target = KServeTarget(cfg.serving, api=standin)
+    v0, v1, v2 = versions
+    if standin.obj is None or target.serving() != v0:
+        standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
+        deploy(ws, v0, cfg, target, smoke_ds=DS, reason="setup")
+    deploy(ws, v1, cfg, target, smoke_ds=DS, reason="setup")
+    store = ws.serving / "model-store"
+    if not (store / mar_name(v2)).exists():
+        build_archive(Registry(ws).version_dir(v2), v2, cfg, store)
+    target.stage(v2, store / mar_name(v2), v1)  # a crashed deploy's canary
+    standin.crash_on_promote.add(version_uri(cfg.serving.kserve, v0))
+    try:
+        with pytest.raises(DeployFailed, match=f"rollback to {v0}: revision .* failed"):
+            rollback(ws, target, "the crashed canary")
+    finally:
+        standin.crash_on_promote.clear()
+    assert Registry(ws).production()["version"] == v1  # the registry records what serves
+    assert standin.serving_revision().storage_uri == version_uri(cfg.serving.kserve, v1)
+
+
 def test_the_probe_reports_a_default_version_with_a_ready_worker(plain, cluster, ws, versions):
     """``hap-probe.py`` against the local server (token auth on: it reads the key file) and a KServe
     revision (auth off, no key file); a model without a default version is not ready."""
@@ -546,11 +616,16 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
     cfg, standin = cluster
     cfg = replace(cfg, serving=replace(cfg.serving, kserve=replace(cfg.serving.kserve, protocol=protocol)))
     target = KServeTarget(cfg.serving, api=standin)
-    if standin.obj is None or target.serving() != versions[0] or standin.serving_revision().protocol != protocol:
+    uri = version_uri(cfg.serving.kserve, versions[0])
+    if (
+        standin.obj is None
+        or target.serving() != versions[0]
+        or (standin.serving_revision().protocol, standin.serving_revision().storage_uri) != (protocol, uri)
+    ):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason=f"protocol {protocol}")
     rev = standin.serving_revision()
-    assert rev.protocol == protocol and rev.envelope == ENVELOPES[protocol]
+    assert (rev.protocol, rev.envelope, rev.storage_uri) == (protocol, ENVELOPES[protocol], uri)
     path = f"{rev.url}/v1/models/hap:predict" if protocol == "v1" else f"{rev.url}/v2/models/hap/infer"
     bodies = _bodies(ws)
     expected = [plain.predict(b, version=versions[0]).json() for b in bodies]
@@ -559,7 +634,7 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
     r = requests.post(path, json=call_body(protocol, bodies, call_id="call-7"), timeout=60)
     assert r.status_code == 200, r.text[:300]
     for got, want in zip(answers_of(protocol, r.json()), expected, strict=True):
-        _same_answer(got, want)  # several requests scored in one pass: float summation order differs
+        same_answer(got, want)  # several requests scored in one pass: float summation order differs
         assert {k: v for k, v in got.items() if k != "items"} == {k: v for k, v in want.items() if k != "items"}
     if protocol == "v2":
         out = r.json()
@@ -579,7 +654,7 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
         calls = list(pool.map(lambda b: requests.post(path, json=call_body(protocol, [b]), timeout=60), bodies * 8))
     for r, want in zip(calls, expected * 8, strict=True):
         assert r.status_code == 200, r.text[:300]
-        _same_answer(answers_of(protocol, r.json())[0], want)
+        same_answer(answers_of(protocol, r.json())[0], want)
 
     # bad input: a 4xx in KServe's error shape, naming the place inside the call
     where = "instances[1]" if protocol == "v1" else "inputs[0].data[1]"

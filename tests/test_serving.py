@@ -16,57 +16,29 @@ from pathlib import Path
 
 import pytest
 import requests
+from serving_support import DS, day_workspace, make_versions, same_answer
 
-from hap.config import HapConfig, ServingConfig, TrainConfig
-from hap.contract import write_partition
-from hap.workspace import Workspace
-from hap_runtime.nets import save_model
-from hap_runtime.spec import DEFAULT_SPEC
-from models.data import encode_tables
-from models.train import train_expressive, train_light
+from hap.config import HapConfig, ServingConfig
 from registry.store import Registry
 from serving.archive import archive_answers, archive_runtime, build_archive, extract_archive, mar_name
-from serving.deploy import clone_version, columnar, deploy, promote_shadow, sample_request, shadow_report
+from serving.deploy import columnar, deploy, promote_shadow, sample_request, shadow_report
 from serving.server import LocalTorchServe, Ports, transient_failure
 
 pytestmark = pytest.mark.slow
 
-DS = "2026-11-20"
 N_VERSIONS = 12
 SERVING = ServingConfig(token_expiration_min=1.0, key_renew_fraction=0.5, shadow_sample=1.0)
 CFG = HapConfig(serving=SERVING)
 
 
-def _make_versions(ws: Workspace, small_day, n: int) -> list[str]:
-    """``n`` registered versions with distinct weights: one small trained pair and its nudged clones."""
-    data = encode_tables(small_day.requests, small_day.candidates, DEFAULT_SPEC, "click")
-    tcfg = HapConfig(train=TrainConfig(epochs=1, batch_requests=64))
-    run = ws.root / "runs" / f"ds={DS}"
-    light = train_light(data, tcfg, DEFAULT_SPEC)[0]
-    save_model(light, run / "light")
-    save_model(train_expressive(data, tcfg, DEFAULT_SPEC, light=light)[0], run / "expressive")
-    evaluation = {"holdout": {"days": [DS], "ds": DS}, "candidate": {"light.auc.overall": 0.8}}
-    (run / "evaluation.json").write_text(json.dumps(evaluation))
-    first = Registry(ws).register("2026-10-01", run)
-    return [first, *(clone_version(ws, first, f"2026-10-{i + 1:02d}", 0.01 * i) for i in range(1, n))]
-
-
-def _day_workspace(root: Path, small_day) -> Workspace:
-    """A workspace holding the small day's logs (the smoke requests are built from them)."""
-    ws = Workspace(root)
-    write_partition(ws.data, "requests", DS, small_day.requests)
-    write_partition(ws.data, "candidates", DS, small_day.candidates)
-    return ws
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, small_day):
-    return _day_workspace(tmp_path_factory.mktemp("serving"), small_day)
+    return day_workspace(tmp_path_factory.mktemp("serving"), small_day)
 
 
 @pytest.fixture(scope="module")
 def versions(ws, small_day) -> list[str]:
-    return _make_versions(ws, small_day, N_VERSIONS)
+    return make_versions(ws, small_day, N_VERSIONS)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +87,7 @@ class Traffic(threading.Thread):
         return self.results
 
 
-def _settled_workers(server: LocalTorchServe, expected: int, timeout: float = 30) -> list[float]:
+def _settled_workers(server: LocalTorchServe, expected: int, timeout: float = 120) -> list[float]:
     """Worker processes' RSS once their number has settled at ``expected`` (unregistering is async)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -234,12 +206,13 @@ def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, fr
     assert server.start() is True
     try:
         os.kill(server.keeper_pid(), signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while server.keeper_pid() is not None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while server.keeper_pid() is not None:
+            assert time.monotonic() < deadline, "the key keeper did not exit within 60 s of SIGTERM"
             time.sleep(0.2)
         stale = server.keys.key("inference")
         time.sleep(max(0.0, server.keys.expires_at("inference") - time.time()) + 1)
-        r = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {stale}"}, timeout=5)
+        r = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {stale}"}, timeout=60)
         assert _refused_by_auth(r), (r.status_code, r.text[:300])
         status = _twin(server).status()
         assert status["running"] and status["keeper_pid"] is None
@@ -258,13 +231,21 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
     counts show batches that held several requests."""
     from hap_runtime.config import RoutingConfig
 
+    # production's model under a label of its own: its counts start at 0 and hold only this test's calls
+    label = f"{production}-poison"
+    build_archive(Registry(ws).version_dir(production), label, CFG, server.model_store)
+    server.register(mar_name(label))
+    try:
+        _poison_mix(ws, server, label, bad_requests(sample_request(ws.data, DS, 400, seed=0), RoutingConfig()))
+    finally:
+        server.unregister(label)
+    assert server.default_version() == production
+
+
+def _poison_mix(ws, server: LocalTorchServe, label: str, cases: list) -> None:
     valid = [sample_request(ws.data, DS, 400, seed=s) for s in range(4)]
     valid.append(columnar(valid[0]))
-    alone = [server.predict(b).json() for b in valid]
-    version = server.default_version()
-    time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
-    before = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    cases = bad_requests(valid[0], RoutingConfig())
+    alone = [server.predict(b, version=label).json() for b in valid]  # one batch each
     jobs = [("valid", i, b) for i, b in enumerate(valid)] * 6 + [("bad", i, c[1]) for i, c in enumerate(cases)] * 2
     jobs.append(("text", 0, json.dumps(valid[1])))
     jobs.append(("form", 0, json.dumps(valid[2])))  # curl --data without a Content-Type: form-encoded
@@ -274,9 +255,9 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
         client = _twin(server)
         if kind in ("text", "form"):  # valid JSON sent as text/plain, or as a form
             ctype = "text/plain" if kind == "text" else "application/x-www-form-urlencoded"
-            return job, client._call("inference", "POST", f"{server.inference_url}/predictions/hap", data=body,
+            return job, client._call("inference", "POST", f"{server.inference_url}/predictions/hap/{label}", data=body,
                                      headers={"Content-Type": ctype}, timeout=60)  # fmt: skip
-        return job, client.predict(body, retries=0)
+        return job, client.predict(body, version=label, retries=0)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -285,7 +266,7 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
     for (kind, i, _), r in answers:
         if kind in ("valid", "text"):
             assert r.status_code == 200, (kind, i, r.status_code, r.text[:300])
-            _same_answer(r.json(), alone[i if kind == "valid" else 1])
+            same_answer(r.json(), alone[i if kind == "valid" else 1])
         elif kind == "form":
             assert r.status_code == 400 and r.json()["kind"] == "malformed_json", r.text[:300]
             assert "Content-Type: application/json" in r.json()["error"]
@@ -293,28 +274,21 @@ def test_poison_requests_mixed_with_valid_ones_fail_alone(ws, server, production
             name, _, field, err_kind = cases[i]
             assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
             assert (r.json()["field"], r.json()["kind"]) == (field, err_kind), name
-    time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
-    metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    assert server.default_version() == version
-    for kind in {c[3] for c in cases}:
-        assert f'HapRequestErrors{{ModelName="hap",Level="Model",version="{version}",ErrorKind="{kind}"' in metrics
+    answered = len(valid) + sum(kind in ("valid", "text") for kind, _, _ in jobs)
+    kinds = {c[3] for c in cases}
+    metrics = _metrics_when(
+        server, lambda t: _value(t, "HapBatchedRequests", label) >= answered
+        and all(_value(t, "HapRequestErrors", label, ErrorKind=k) > 0 for k in kinds),
+        f"{answered} batched requests and errors of kinds {sorted(kinds)} for {label}",
+    )  # fmt: skip
     # Batching, from the workers' own counts over the concurrent phase only: the valid requests that
     # went into one-pass batches, and those batches (one light pass each). Scored one by one, they
     # would be equal; more requests than batches means some batch held several requests.
-    batches = _metric(metrics, "HapLatencyMs_count", version, stage="light") - _metric(
-        before, "HapLatencyMs_count", version, stage="light")  # fmt: skip
-    batched = _metric(metrics, "HapBatchedRequests", version) - _metric(before, "HapBatchedRequests", version)
-    assert batched == sum(kind in ("valid", "text") for kind, _, _ in jobs), (batched, batches)  # each counted once
+    batches = _metric(metrics, "HapLatencyMs_count", label, stage="light") - len(valid)
+    batched = _metric(metrics, "HapBatchedRequests", label) - len(valid)
+    assert batched + len(valid) == answered, (batched, batches)  # each counted once
     assert 0 < batches < batched, f"no batch held more than one request: {batches:.0f} batches, {batched:.0f} requests"
-    assert f'HapLatencyMs_bucket{{ModelName="hap",Level="Model",version="{version}",stage="request",le="1"' in metrics
-
-
-def _same_answer(got: dict, want: dict) -> None:
-    """Same ranking and stages; scores equal up to float summation order (batched vs alone)."""
-    assert [(it["item_id"], it["stage"]) for it in got["items"]] == [
-        (it["item_id"], it["stage"]) for it in want["items"]
-    ]
-    assert max(abs(g["score"] - w["score"]) for g, w in zip(got["items"], want["items"], strict=True)) < 1e-5
+    assert f'HapLatencyMs_bucket{{ModelName="hap",Level="Model",version="{label}",stage="request",le="1"' in metrics
 
 
 def _metric(text: str, name: str, version: str, **labels: str) -> float:
@@ -322,6 +296,25 @@ def _metric(text: str, name: str, version: str, **labels: str) -> float:
     lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(w in ln for w in want)]
     assert lines, (name, labels)
     return float(lines[0].rsplit(" ", 1)[1])
+
+
+def _metrics_when(server: LocalTorchServe, done, what: str, timeout: float = 120) -> str:
+    """The metrics page once ``done(text)`` holds. The workers emit their pending counts after a second
+    of idleness, later on a busy machine: wait for the counts themselves, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+        if done(text):
+            return text
+        assert time.monotonic() < deadline, f"the metrics did not show {what} within {timeout}s"
+        time.sleep(0.5)
+
+
+def _value(text: str, name: str, version: str, **labels: str) -> float:
+    """A metric's value, 0 while the page has no line for it yet."""
+    want = [f'version="{version}"', *(f'{k}="{v}"' for k, v in labels.items())]
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(w in ln for w in want)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -347,13 +340,23 @@ def _kill_while_busy(pid: int, timeout: float = 20.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _each_answers_once_more(clients: list[Traffic], seen: list[int], timeout: float = 120) -> None:
+    """Wait until every client has had one more answer than ``seen``."""
+    deadline = time.monotonic() + timeout
+    while any(len(t.results) <= n for t, n in zip(clients, seen, strict=True)):
+        assert time.monotonic() < deadline, (
+            f"a client had no answer within {timeout}s: {[len(t.results) for t in clients]} vs {seen}"
+        )
+        time.sleep(0.1)
+
+
 def test_a_killed_worker_loses_no_request_of_a_retrying_client(ws, server, production):
     version = server.default_version()
     bodies = [sample_request(ws.data, DS, 1000, seed=s) for s in range(3)]
     clients = [Traffic(server, bodies) for _ in range(3)]  # three clients: the worker is never idle
     for traffic in clients:
         traffic.start()
-    time.sleep(2)
+    _each_answers_once_more(clients, [0] * len(clients))  # the clients are sending
     killed: list[int] = []
     for _ in range(3):
         # Kill it while it is scoring: with batching, one worker can take all three clients' requests
@@ -373,10 +376,9 @@ def test_a_killed_worker_loses_no_request_of_a_retrying_client(ws, server, produ
             ):
                 break
             time.sleep(0.5)
-        time.sleep(1)
+        _each_answers_once_more(clients, [len(t.results) for t in clients])  # through the restarted worker
         if any(attempts > 1 for traffic in clients for _, attempts, _ in list(traffic.results)):
             break
-    time.sleep(1)
     results = [r for traffic in clients for r in traffic.stop()]
     assert not pids & set(killed) and all(w["status"] == "READY" for w in workers), workers
     assert results and all(status == 200 for status, _, _ in results), [r for r in results if r[0] != 200][:5]
@@ -406,8 +408,10 @@ def test_overload_is_shed_with_a_truthful_503_and_retry_after(ws, server, versio
             assert r.json()["kind"] == "overloaded" and "queued" in r.json()["error"], r.text[:200]
             assert r.headers["Retry-After"] == "1" and transient_failure(r) == "overloaded"
             assert r.elapsed.total_seconds() < 10
-        time.sleep(2.5)  # the worker emits pending metrics after a second of idleness
-        metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+        metrics = _metrics_when(
+            server, lambda t: _value(t, "HapRequestErrors", label, ErrorKind="overloaded") >= len(shed),
+            f"{len(shed)} overloaded errors of {label}",
+        )  # fmt: skip
         assert _metric(metrics, "HapRequestErrors", label, ErrorKind="overloaded") == len(shed)
     finally:
         server.unregister(label)
