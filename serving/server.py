@@ -14,12 +14,14 @@ workers are fixed, that means the job queue is full: overload).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +43,18 @@ METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 WORKER_SCRIPT = "model_service_worker.py"
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (with SO_REUSEADDR, as TorchServe's
+    frontend binds: connections of an earlier server in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def torchserve_failure(status: int, text: str) -> str | None:
@@ -193,6 +207,12 @@ class LocalTorchServe:
                 if self.keys.exists() and self.keys.expires_at(kind) <= time.time() + 5:
                     self.keys.renew(kind)
             return False
+        busy = [port for port in dataclasses.astuple(self.ports) if not _port_free(port)]
+        if busy:  # a server of another home (or anything else) there would answer our clients instead
+            raise ServingError(
+                f"127.0.0.1 port(s) {busy} of {self.home} are in use by another process: stop it, or give this "
+                "home another block of five ports ($HAP_SERVE_PORT, the first of them)"
+            )
         self.write_config()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.home / "key_file.json").unlink(missing_ok=True)  # a dead server's stale keys

@@ -84,6 +84,12 @@ def free_port_block():
 
 
 @pytest.fixture(scope="session")
+def port_leases() -> Path:
+    """Where the ports handed out by ``free_port_block`` are leased (one lock file per port)."""
+    return _PORT_LEASES
+
+
+@pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION
 

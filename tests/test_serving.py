@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from hap.config import HapConfig, ServingConfig
 from registry.store import Registry
 from serving.archive import archive_answers, archive_runtime, build_archive, extract_archive, mar_name
 from serving.deploy import columnar, deploy, promote_shadow, sample_request, shadow_report
+from serving.errors import ServingError
 from serving.server import LocalTorchServe, Ports, transient_failure
 
 pytestmark = pytest.mark.slow
@@ -195,6 +197,19 @@ def test_inference_api_answers_a_valid_request_only_with_the_inference_key(ws, s
             break
     assert r.status_code == 200, (r.status_code, r.text[:300])
     assert r.json()["model_version"] == production and r.json()["n_candidates"] == 50
+
+
+def test_a_server_does_not_start_on_a_port_another_process_holds(tmp_path, free_port_block):
+    """A port of the home's block already listened on (another server, anything): ``start`` refuses at
+    once and names it, rather than waiting for a server whose port answers for someone else."""
+    base = free_port_block(5)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", base + 3))
+        held.listen()
+        server = LocalTorchServe(tmp_path / "ts", Ports(*range(base, base + 5)))
+        with pytest.raises(ServingError, match=rf"port\(s\) \[{base + 3}\] .* in use by another process"):
+            server.start()
+    assert server.pid() is None and not server.config_file.exists()
 
 
 def test_expired_keys_are_renewed_by_our_clients_and_by_serve_start(tmp_path, free_port_block):
