@@ -334,6 +334,12 @@ def _traffic(isvc: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _current(isvc: dict[str, Any]) -> bool:
+    """Whether KServe's status is that of the current spec (its observed generation)."""
+    status, meta = isvc.get("status", {}), isvc.get("metadata", {})
+    return status.get("observedGeneration", meta.get("generation", 0)) >= meta.get("generation", 0)
+
+
 def _settled(isvc: dict[str, Any], canary: int | None, new_revision: bool, before: str | None) -> bool:
     """Whether KServe's status shows the change done: a status of the current spec (its observed
     generation), the spec's revision (latestCreatedRevision; not ``before`` if the change started a
@@ -345,8 +351,8 @@ def _settled(isvc: dict[str, Any], canary: int | None, new_revision: bool, befor
     - with a canary: the rolled-out revision holding the rest, and the spec's revision its share
       (Ready first, if it is new; a canary withdrawn to 0 may never have become Ready).
     """
-    status, meta = isvc.get("status", {}), isvc.get("metadata", {})
-    if status.get("observedGeneration", meta.get("generation", 0)) < meta.get("generation", 0):
+    status = isvc.get("status", {})
+    if not _current(isvc):
         return False
     predictor = _predictor_status(isvc)
     created, traffic = predictor.get("latestCreatedRevision"), _traffic(isvc)
@@ -448,7 +454,7 @@ class KServeTarget:
             conditions = {c["type"]: c for c in isvc.get("status", {}).get("conditions", [])}
             failed = [c for c in conditions.values() if c.get("reason") == "RevisionFailed" and c["status"] == "False"]
             spec_revision_failed = created not in (None, before) if new_revision else canary is None
-            if failed and spec_revision_failed:
+            if failed and spec_revision_failed and _current(isvc):
                 raise DeployFailed(f"{what}: revision {created} failed: {failed[0].get('message', '')}")
             if _settled(isvc, canary, new_revision, before):
                 return isvc
@@ -482,6 +488,13 @@ class KServeTarget:
             raise DeployFailed(
                 f"a canary of {_version_of(isvc)} is in progress ({predictor['canaryTrafficPercent']}% of the "
                 "traffic): finish it first (runbook: Serving on KServe, roll back)"
+            )
+        if not _settled(isvc, None, False, None):  # e.g. a rollback whose revision failed: an older one serves
+            status = _predictor_status(isvc)
+            raise DeployFailed(
+                f"the InferenceService names {_version_of(isvc)}, but its revision {status.get('latestCreatedRevision')} "
+                f"is not Ready with all the traffic (ready: {status.get('latestReadyRevision')}, traffic "
+                f"{_traffic(isvc)}): a rollout is in progress or failed (runbook: Serving on KServe, roll back)"
             )
         return _version_of(isvc)
 

@@ -22,7 +22,7 @@ os.environ["HAP_SENSOR_POKE_S"] = "2"  # the partition sensor re-checks every 2 
 os.environ["HAP_CONFIG"] = str(Path(__file__).with_name("hap_test.yaml"))  # daily runs: 2 epochs at most
 
 
-_PORT_LEASES = Path(tempfile.gettempdir()) / "hap-test-ports"
+_PORT_LEASES = Path(tempfile.gettempdir()) / f"hap-test-ports-{os.getuid()}"
 _leases: list = []  # open lock files: each port handed out stays leased until this process exits
 
 
@@ -46,7 +46,7 @@ def _free_port_block(n: int) -> int:
 
     A port that binds now may still be taken by a server that is starting (a JVM binds seconds after
     its launch): each port handed out is leased, in this process and across processes (test sessions
-    and benchmarks side by side on one machine), and never handed out again while the lease holds."""
+    side by side on one machine), and never handed out again while the lease holds."""
     import random
 
     rng = random.Random()

@@ -151,11 +151,13 @@ class _Revision:
                 self.failed = True
                 self.stop()
             return False
-        self.startup_deadline = float("inf")  # started: the startup probe is done
         try:
             self.started = requests.get(f"{self.url}/ping", timeout=10).status_code == 200
         except requests.RequestException:
-            return False
+            self.started = False
+        if not self.started and time.monotonic() > self.startup_deadline:
+            self.failed = True
+            self.stop()
         return self.started
 
     def _listens(self) -> bool:
@@ -522,7 +524,7 @@ def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, ver
 def test_a_leftover_canary_is_refused_and_a_rollback_never_gives_it_all_the_traffic(ws, versions, cluster):
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
-    if standin.obj is None or target.serving() != versions[0]:
+    if (_serving_uri_and_protocol(standin) or ("",))[0] != version_uri(cfg.serving.kserve, versions[0]):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="setup")
     deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="setup")
@@ -554,7 +556,7 @@ def test_a_rollback_whose_revision_dies_as_it_takes_the_traffic_fails_and_never_
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
     v0, v1, v2 = versions
-    if standin.obj is None or target.serving() != v0:
+    if (_serving_uri_and_protocol(standin) or ("",))[0] != version_uri(cfg.serving.kserve, v0):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, v0, cfg, target, smoke_ds=DS, reason="setup")
     deploy(ws, v1, cfg, target, smoke_ds=DS, reason="setup")
@@ -570,6 +572,9 @@ def test_a_rollback_whose_revision_dies_as_it_takes_the_traffic_fails_and_never_
         standin.crash_on_promote.clear()
     assert Registry(ws).production()["version"] == v1  # the registry records what serves
     assert standin.serving_revision().storage_uri == version_uri(cfg.serving.kserve, v1)
+    # the spec names v0 while v1's revision serves: the next deploy or rollback refuses, saying so
+    with pytest.raises(DeployFailed, match=f"names {v0}, but its revision .* is not Ready with all the traffic"):
+        target.serving()
 
 
 def test_the_probe_reports_a_default_version_with_a_ready_worker(plain, cluster, ws, versions):
@@ -610,6 +615,19 @@ def _tamper(mar: Path) -> None:
             z.writestr(n, data)
 
 
+def _serving_uri_and_protocol(standin: _KServeStandIn) -> tuple[str, str] | None:
+    """The storage URI and protocol of the revision holding all the traffic, with the spec naming the
+    same and no canary; None otherwise."""
+    if standin.obj is None or standin.obj["spec"]["predictor"].get("canaryTrafficPercent") is not None:
+        return None
+    standin._reconcile()
+    full = [n for n, p in standin.history[-1].items() if p == 100]
+    rev = standin.revisions.get(full[0]) if full else None
+    if rev is None or rev.storage_uri != standin.obj["spec"]["predictor"]["model"]["storageUri"]:
+        return None
+    return rev.storage_uri, rev.protocol
+
+
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versions, cluster, plain, protocol,
                                                                        bad_requests):  # fmt: skip
@@ -617,11 +635,7 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
     cfg = replace(cfg, serving=replace(cfg.serving, kserve=replace(cfg.serving.kserve, protocol=protocol)))
     target = KServeTarget(cfg.serving, api=standin)
     uri = version_uri(cfg.serving.kserve, versions[0])
-    if (
-        standin.obj is None
-        or target.serving() != versions[0]
-        or (standin.serving_revision().protocol, standin.serving_revision().storage_uri) != (protocol, uri)
-    ):
+    if _serving_uri_and_protocol(standin) != (uri, protocol):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason=f"protocol {protocol}")
     rev = standin.serving_revision()
@@ -634,6 +648,7 @@ def test_each_protocol_answers_exactly_what_the_plain_endpoint_answers(ws, versi
     r = requests.post(path, json=call_body(protocol, bodies, call_id="call-7"), timeout=60)
     assert r.status_code == 200, r.text[:300]
     for got, want in zip(answers_of(protocol, r.json()), expected, strict=True):
+        assert got["model_version"] == want["model_version"] == versions[0], got["model_version"]
         same_answer(got, want)  # several requests scored in one pass: float summation order differs
         assert {k: v for k, v in got.items() if k != "items"} == {k: v for k, v in want.items() if k != "items"}
     if protocol == "v2":
