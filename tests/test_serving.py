@@ -292,8 +292,8 @@ def _poison_mix(ws, server: LocalTorchServe, label: str, cases: list) -> None:
     answered = len(valid) + sum(kind in ("valid", "text") for kind, _, _ in jobs)
     kinds = {c[3] for c in cases}
     metrics = _metrics_when(
-        server, lambda t: _value(t, "HapBatchedRequests", label) >= answered
-        and all(_value(t, "HapRequestErrors", label, ErrorKind=k) > 0 for k in kinds),
+        server, lambda t: _metric(t, "HapBatchedRequests", label, 0.0) >= answered
+        and all(_metric(t, "HapRequestErrors", label, 0.0, ErrorKind=k) > 0 for k in kinds),
         f"{answered} batched requests and errors of kinds {sorted(kinds)} for {label}",
     )  # fmt: skip
     # Batching, from the workers' own counts over the concurrent phase only: the valid requests that
@@ -306,9 +306,12 @@ def _poison_mix(ws, server: LocalTorchServe, label: str, cases: list) -> None:
     assert f'HapLatencyMs_bucket{{ModelName="hap",Level="Model",version="{label}",stage="request",le="1"' in metrics
 
 
-def _metric(text: str, name: str, version: str, **labels: str) -> float:
+def _metric(text: str, name: str, version: str, missing: float | None = None, **labels: str) -> float:
+    """A metric's value on the metrics page; ``missing`` while it has no line yet (else that fails)."""
     want = [f'version="{version}"', *(f'{k}="{v}"' for k, v in labels.items())]
     lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(w in ln for w in want)]
+    if not lines and missing is not None:
+        return missing
     assert lines, (name, labels)
     return float(lines[0].rsplit(" ", 1)[1])
 
@@ -323,13 +326,6 @@ def _metrics_when(server: LocalTorchServe, done, what: str, timeout: float = 120
             return text
         assert time.monotonic() < deadline, f"the metrics did not show {what} within {timeout}s"
         time.sleep(0.5)
-
-
-def _value(text: str, name: str, version: str, **labels: str) -> float:
-    """A metric's value, 0 while the page has no line for it yet."""
-    want = [f'version="{version}"', *(f'{k}="{v}"' for k, v in labels.items())]
-    lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and all(w in ln for w in want)]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -424,7 +420,7 @@ def test_overload_is_shed_with_a_truthful_503_and_retry_after(ws, server, versio
             assert r.headers["Retry-After"] == "1" and transient_failure(r) == "overloaded"
             assert r.elapsed.total_seconds() < 10
         metrics = _metrics_when(
-            server, lambda t: _value(t, "HapRequestErrors", label, ErrorKind="overloaded") >= len(shed),
+            server, lambda t: _metric(t, "HapRequestErrors", label, 0.0, ErrorKind="overloaded") >= len(shed),
             f"{len(shed)} overloaded errors of {label}",
         )  # fmt: skip
         assert _metric(metrics, "HapRequestErrors", label, ErrorKind="overloaded") == len(shed)
