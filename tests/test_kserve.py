@@ -309,11 +309,13 @@ class _KServeStandIn:
                 "latestRolledoutRevision": self.rolled_out}},
         }  # fmt: skip
 
-    def serving_revision(self) -> _Revision:
-        """The revision holding all the traffic now."""
+    def serving_revision(self) -> _Revision | None:
+        """The revision holding all the traffic now (None while none does)."""
+        if self.obj is None:
+            return None
         self._reconcile()
-        (name,) = [n for n, p in self.history[-1].items() if p == 100]
-        return self.revisions[name]
+        full = [n for n, p in self.history[-1].items() if p == 100]
+        return self.revisions.get(full[0]) if full else None
 
     def close(self) -> None:
         for rev in self.revisions.values():
@@ -524,7 +526,7 @@ def test_deploy_rolls_out_a_canary_smokes_it_then_promotes_or_rolls_back(ws, ver
 def test_a_leftover_canary_is_refused_and_a_rollback_never_gives_it_all_the_traffic(ws, versions, cluster):
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
-    if (_serving_uri_and_protocol(standin) or ("",))[0] != version_uri(cfg.serving.kserve, versions[0]):
+    if (_serving_uri_and_protocol(standin) or (None,))[0] != version_uri(cfg.serving.kserve, versions[0]):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, versions[0], cfg, target, smoke_ds=DS, reason="setup")
     deploy(ws, versions[1], cfg, target, smoke_ds=DS, reason="setup")
@@ -556,7 +558,7 @@ def test_a_rollback_whose_revision_dies_as_it_takes_the_traffic_fails_and_never_
     cfg, standin = cluster
     target = KServeTarget(cfg.serving, api=standin)
     v0, v1, v2 = versions
-    if (_serving_uri_and_protocol(standin) or ("",))[0] != version_uri(cfg.serving.kserve, v0):
+    if (_serving_uri_and_protocol(standin) or (None,))[0] != version_uri(cfg.serving.kserve, v0):
         standin.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", "hap", "inferenceservices", "x")
         deploy(ws, v0, cfg, target, smoke_ds=DS, reason="setup")
     deploy(ws, v1, cfg, target, smoke_ds=DS, reason="setup")
@@ -620,9 +622,7 @@ def _serving_uri_and_protocol(standin: _KServeStandIn) -> tuple[str, str] | None
     same and no canary; None otherwise."""
     if standin.obj is None or standin.obj["spec"]["predictor"].get("canaryTrafficPercent") is not None:
         return None
-    standin._reconcile()
-    full = [n for n, p in standin.history[-1].items() if p == 100]
-    rev = standin.revisions.get(full[0]) if full else None
+    rev = standin.serving_revision()
     if rev is None or rev.storage_uri != standin.obj["spec"]["predictor"]["model"]["storageUri"]:
         return None
     return rev.storage_uri, rev.protocol
