@@ -55,7 +55,7 @@ def world(beta: float, n_requests: int, eval_requests: int):
     ev_day = sim.simulate_day("2026-11-23", eval_requests)
     ev = encode_tables(ev_day.requests, ev_day.candidates, DEFAULT_SPEC, "click")
     held = ev.select_requests(np.flatnonzero(split_mask(ev.request_ids, 0.0, cfg.sim.eval_fraction)))
-    return train, valid, held, serving_set(ev_day.evaluation, held)
+    return train, valid, held, serving_set(ev_day.evaluation, held, DEFAULT_SPEC)
 
 
 def single_stage(model, held: EncodedData, serving: EncodedData, m: int) -> tuple[dict, np.ndarray, np.ndarray]:

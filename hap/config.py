@@ -180,6 +180,22 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class TransformConfig:
+    """Feature transforms fitted per run on the training window's training rows (``models.transforms``):
+    ``buckets`` equal-frequency buckets per numeric feature, the ``vocab_size`` most frequent values
+    per string categorical (the rest out-of-vocabulary). ``fit = false`` keeps the declared spec."""
+
+    fit: bool = True
+    buckets: int = 16
+    vocab_size: int = 1000
+    max_values: int = 500_000  # values held per numeric feature while fitting (a uniform thinning beyond)
+
+    def __post_init__(self) -> None:
+        if self.buckets < 1 or self.vocab_size < 1 or self.max_values < 1:
+            raise ValueError("transform.buckets, vocab_size and max_values must be at least 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """``epochs`` is the most a model trains: with a validation split (``valid_fraction`` of the run's
     day, by request-id hash, never trained on) each model keeps its best epoch by validation slice
@@ -366,6 +382,7 @@ class HapConfig:
         default_factory=lambda: LossConfig(source_weights=dict.fromkeys(HARD_SOURCES, 1.0))
     )
     expressive_recipe: ExpressiveRecipe = field(default_factory=ExpressiveRecipe)
+    transform: TransformConfig = field(default_factory=TransformConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)

@@ -7,6 +7,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# How the light model joins the user and item sides (``hap_runtime.nets``): "interaction" (the
+# vectors, their product, then an MLP per candidate) or "two_tower" (decoupled: a similarity of
+# the two tower outputs, so an item's vector never depends on the request).
+Arch = Literal["interaction", "two_tower"]
+SimilarityKind = Literal["cosine", "dot"]
 
 # Files of the model folder inside an archive (written at packaging, read by the scorer).
 ROUTING_FILE = "routing.json"
@@ -24,6 +31,14 @@ class ModelConfig:
     mlp_dims: tuple[int, ...] = (64, 32)
     attention: bool = False
     attention_dims: tuple[int, ...] = (32,)
+    arch: Arch = "interaction"
+    similarity: SimilarityKind = "cosine"  # two_tower: cosine with a learned temperature, or a scaled dot product
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("interaction", "two_tower") or self.similarity not in ("cosine", "dot"):
+            raise ValueError(f"arch must be interaction or two_tower and similarity cosine or dot, got {self}")
+        if self.arch == "two_tower" and self.attention:
+            raise ValueError("a two_tower model is decoupled: target attention reads the item, set attention: false")
 
 
 @dataclass(frozen=True)

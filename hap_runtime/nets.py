@@ -7,6 +7,7 @@ the archive and loads weights with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,6 +127,23 @@ class Interaction(nn.Module):
         return torch.cat([user, item, user * item], dim=-1)  # (C, 3T)
 
 
+class Similarity(nn.Module):
+    """A two-tower model's only meeting point of user and item: the cosine (or dot product) of the
+    two vectors times a learned inverse temperature, plus a bias (a calibrated logit for BCE)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0 if kind == "cosine" else 1.0)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        # user (C, T), item (C, T)
+        if self.kind == "cosine":
+            user, item = nn.functional.normalize(user, dim=-1), nn.functional.normalize(item, dim=-1)
+        return self.log_scale.exp() * (user * item).sum(-1) + self.bias  # (C,)
+
+
 class UserState:
     """The user side of a request batch, computed once and reused for all its candidates."""
 
@@ -144,11 +162,15 @@ class PreRanker(nn.Module):
         self.embeddings = Embeddings(spec, d)
         self.user_tower = UserTower(len(self.user_feats), d, t)
         self.item_tower = ItemTower(len(self.item_feats), d, t)
-        self.interaction = Interaction()
         self.attention = TargetAttention(d, cfg.attention_dims) if cfg.attention else None
-        in_dim = 3 * t + (2 * d + 1 if cfg.attention else 0)
-        self.mlp = mlp([in_dim, *cfg.mlp_dims])
-        self.head = nn.Linear(cfg.mlp_dims[-1], 1)
+        if cfg.arch == "two_tower":  # linear ends: the towers' ReLU outputs alone could never disagree
+            self.user_proj, self.item_proj = nn.Linear(t, t), nn.Linear(t, t)
+            self.similarity = Similarity(cfg.similarity)
+        else:
+            self.interaction = Interaction()
+            in_dim = 3 * t + (2 * d + 1 if cfg.attention else 0)
+            self.mlp = mlp([in_dim, *cfg.mlp_dims])
+            self.head = nn.Linear(cfg.mlp_dims[-1], 1)
 
     def user_side(self, user_x: torch.Tensor, seq: torch.Tensor) -> UserState:
         seq_emb = self.embeddings.sequence(seq)  # (B, L, D)
@@ -159,11 +181,17 @@ class PreRanker(nn.Module):
     def score(self, user: UserState, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
         """Logits of candidates ``item_x`` (C, Fi) for their requests ``req`` (C,) → (C,)."""
         item_emb = self.embeddings.side(item_x, self.item_feats)  # (C, Fi*D)
+        if self.cfg.arch == "two_tower":
+            return self.similarity(self.user_proj(user.vec)[req], self.item_vectors(item_emb))  # (C,)
         z = self.interaction(user.vec[req], self.item_tower(item_emb))  # (C, 3T)
         if self.attention is not None:
             target = self.embeddings.tables["item_id"](item_x[:, self._item_id_col])  # (C, D)
             z = torch.cat([z, self.attention(target, user.seq_emb, user.seq_mask, req)], dim=-1)
         return self.head(self.mlp(z)).squeeze(-1)  # (C,)
+
+    def item_vectors(self, item_emb: torch.Tensor) -> torch.Tensor:
+        """A two-tower model's item side: (C, Fi*D) → (C, T), independent of any request."""
+        return self.item_proj(self.item_tower(item_emb))
 
     @property
     def _item_id_col(self) -> int:

@@ -34,7 +34,9 @@ class TwoStageScorer:
         model_dir = Path(model_dir)
         self.light = load_model(model_dir / "light")
         self.expressive = load_model(model_dir / "expressive")
-        self.spec = self.light.spec
+        self.spec = self.light.spec  # the fitted transforms training used (models.transforms)
+        if self.expressive.spec != self.spec:  # one encoding of a request feeds both stages
+            raise ValueError(f"{model_dir}: the light and expressive models carry different feature specs")
         self.routing = RoutingConfig(**json.loads((model_dir / ROUTING_FILE).read_text()))
         version_file = model_dir / VERSION_FILE
         self.version = json.loads(version_file.read_text())["version"] if version_file.exists() else "unversioned"

@@ -130,20 +130,26 @@ class EncodedData:
         )
 
 
-def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, label: str) -> EncodedData:
-    """Encode one day's contract tables. Orphan candidates (unknown request_id) are dropped."""
+def candidates_in_order(requests: pa.Table, candidates: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The candidates in the encoded order (by request, stable) and each one's request index.
+    Orphan candidates (unknown request_id) are dropped."""
     req_index = pc.index_in(candidates["request_id"], value_set=requests["request_id"]).to_numpy(zero_copy_only=False)
     req_index = np.nan_to_num(req_index.astype(np.float64), nan=-1).astype(np.int64)
     keep = req_index >= 0
     order = np.argsort(req_index[keep], kind="stable")
-    cand = candidates.filter(pa.array(keep)).take(pa.array(order))
+    return candidates.filter(pa.array(keep)).take(pa.array(order)), req_index[keep][order]
+
+
+def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, label: str) -> EncodedData:
+    """Encode one day's contract tables. Orphan candidates (unknown request_id) are dropped."""
+    cand, req = candidates_in_order(requests, candidates)
     seq_feat = spec.sequence
     return EncodedData(
         request_ids=np.asarray(requests["request_id"].to_pylist(), dtype=str),
         user_x=encode_side(_columns(requests, spec, "user"), spec, "user").numpy(),
         seq=encode_sequences(requests[seq_feat.name].to_pylist(), spec).numpy(),
         item_x=encode_side(_columns(cand, spec, "item"), spec, "item").numpy(),
-        req=req_index[keep][order],
+        req=req,
         source=source_ids(cand["source"].to_numpy(zero_copy_only=False)),
         label=aggregate_label(cand, label),
     )

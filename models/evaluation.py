@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hap import HARD_SOURCES
+from hap import HARD_SOURCES, SOURCES
 from hap.config import HapConfig
 from hap.workspace import write_json_atomic
 from hap_runtime.nets import load_model
+from models.baselines import ITEM_RATE, baseline_scores, best_feature
 from models.data import EncodedData
 from models.metrics import flops_per_request, pair_metrics, paired_bootstrap, predict, slice_aucs
-from models.prepare import HOLDOUT_DIR, MANIFEST_FILE, SERVING_DIR
-from models.stream import read_shards, shard_files
+from models.prepare import HOLDOUT_DIR, MANIFEST_FILE, read_serving_set
+from models.stream import read_raw_parts
 
 
 def padded(values: np.ndarray, offsets: np.ndarray, fill: float) -> np.ndarray:
@@ -124,6 +125,23 @@ class _Slices:
     source: np.ndarray
 
 
+def slice_delta_intervals(
+    s_a: np.ndarray, s_b: np.ndarray, data: EncodedData, sources: tuple[str, ...], n_boot: int, seed: int
+) -> dict[str, list[float]]:
+    """95% interval of slice AUC(a) − AUC(b) per ``auc.*`` key, both scored on the same resampled
+    requests (paired bootstrap)."""
+    keys = [k for k in slice_aucs(s_a, data, sources) if k.startswith("auc.")]
+    rng = np.random.default_rng(seed)
+    deltas: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in range(n_boot):
+        rows, _ = data.candidate_rows(np.sort(rng.integers(0, data.n_requests, data.n_requests)))
+        sub = _Slices(data.label[rows], data.source[rows])  # slice AUCs need only labels and sources
+        a, b = slice_aucs(s_a[rows], sub, sources), slice_aucs(s_b[rows], sub, sources)
+        for k in keys:
+            deltas[k].append(a[k] - b[k])
+    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in deltas.items()}
+
+
 def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, n_boot: int) -> tuple[dict, dict]:
     """Light and expressive on the expressive model's scope (positives + hard negatives), their
     paired differences, and the differences' 95% intervals (requests resampled)."""
@@ -137,19 +155,38 @@ def same_scope_aucs(s_light: np.ndarray, s_expr: np.ndarray, data: EncodedData, 
     for k in keys:
         metrics[f"expressive_vs_light.{k}"] = expr[k] - light[k]
         metrics[f"expressive_vs_light.{k.replace('auc.', 'n.')}"] = expr[k.replace("auc.", "n.")]
-    rng = np.random.default_rng(1)
-    deltas: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(n_boot):
-        rows, _ = data.candidate_rows(np.sort(rng.integers(0, data.n_requests, data.n_requests)))
-        sub = _Slices(data.label[rows], data.source[rows])  # slice AUCs need only labels and sources
-        a, b = slice_aucs(s_expr[rows], sub, HARD_SOURCES), slice_aucs(s_light[rows], sub, HARD_SOURCES)
-        for k in keys:
-            deltas[k].append(a[k] - b[k])
-    intervals = {
-        f"expressive_vs_light.{k}": [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]
-        for k, v in deltas.items()
-    }
-    return metrics, intervals
+    ci = slice_delta_intervals(s_expr, s_light, data, HARD_SOURCES, n_boot, seed=1)
+    return metrics, {f"expressive_vs_light.{k}": v for k, v in ci.items()}
+
+
+def baseline_margins(
+    s_light: np.ndarray, data: EncodedData, scores: dict[str, np.ndarray], n_boot: int
+) -> tuple[dict, dict, dict]:
+    """The light model against each baseline score (``models.baselines``) on the same candidates:
+    every baseline's slice AUCs, and light − the best single feature per slice with its paired 95%
+    interval (``light_vs_best_feature.*``, what the gate's baseline rule reads). A feature whose expose
+    AUC is below 0.5 competes reversed (lower is better): the stricter baseline."""
+    table, scores = {}, dict(scores)
+    for name, score in list(scores.items()):
+        aucs = slice_aucs(score, data)
+        if name != ITEM_RATE and aucs["auc.expose"] < 0.5:  # a model may use a column either way round
+            del scores[name]
+            name, score = f"{name} (reversed)", np.where(np.isfinite(score), -score, -np.inf)
+            scores[name], aucs = score, slice_aucs(score, data)
+        table[name] = aucs
+    best = best_feature(table)
+    summary = {"best_feature": best, "aucs": table}
+    if best is None:
+        return {}, {}, summary
+    light = slice_aucs(s_light, data)
+    metrics: dict[str, float] = {}
+    for k, v in light.items():
+        metrics[f"light_vs_best_feature.{k}"] = v - table[best][k] if k.startswith("auc.") else v
+    ci = slice_delta_intervals(s_light, scores[best], data, SOURCES, n_boot, seed=2)
+    intervals = {f"light_vs_best_feature.{k}": v for k, v in ci.items()}
+    summary["margin"] = {k: metrics[f"light_vs_best_feature.{k}"] for k in ci}
+    summary["margin_ci95"] = ci
+    return metrics, intervals, summary
 
 
 def _score_top(light_model, expr_model, data: EncodedData, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,12 +208,16 @@ def _score_top(light_model, expr_model, data: EncodedData, top: int) -> tuple[np
     return s_light, s_expr
 
 
-def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData | None, cfg, k: int | None = None):
+def assess(
+    light_model, expr_model, holdout: EncodedData, serving: EncodedData | None, cfg, k: int | None = None,
+    baselines: dict[str, np.ndarray] | None = None,
+):  # fmt: skip
     """Every figure the gate reads for one pair of models, their intervals, and the routing choice.
 
     ``k=None`` chooses K on the K grid (``cfg.eval.select_k``) — else ``k`` (production's own K, or
     ``routing.k`` when selection is off) is judged as is. Returns (metrics, intervals, routing,
-    per-request system metric at the K served).
+    per-request system metric at the K served). ``baselines``: scores of the held-out candidates the
+    light model must beat (``baseline_margins``; the summary is ``routing["baselines"]``).
     """
 
     ev = cfg.eval
@@ -184,6 +225,11 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
     metrics = {key.replace("system.", "logged."): v for key, v in pair_metrics(s_l, s_e, holdout, ev.k, ev.m).items()}
     scope, intervals = same_scope_aucs(s_l, s_e, holdout, ev.bootstrap)
     metrics.update(scope)
+    summary = None
+    if baselines:
+        margins, margin_ci, summary = baseline_margins(s_l, holdout, baselines, ev.bootstrap)
+        metrics.update(margins)
+        intervals.update(margin_ci)
 
     if k is None and not ev.select_k:
         k = cfg.routing.k
@@ -219,8 +265,25 @@ def assess(light_model, expr_model, holdout: EncodedData, serving: EncodedData |
         "system.flops_per_request": row["flops_per_request"], "system.flops_share": row["flops_per_request"] / uniform,
     })  # fmt: skip
     intervals["system.lift"] = row["lift_ci95"]
-    routing = {**choice, "view": view, "n": n, "m": m, "uniform_expressive_flops": uniform, "curve": curve}
+    routing = {**choice, "view": view, "n": n, "m": m, "uniform_expressive_flops": uniform, "curve": curve,
+               "baselines": summary}  # fmt: skip
     return metrics, intervals, routing, captured_share(light_s, expr_s, gain, choice["k"], m)
+
+
+def load_pair(light_dir: Path, expressive_dir: Path):
+    """A two-stage pair; both stages encode one request once, so they must share one fitted spec."""
+    light, expressive = load_model(light_dir), load_model(expressive_dir)
+    if light.spec != expressive.spec:
+        raise ValueError(f"{light_dir} and {expressive_dir} were trained with different feature transforms")
+    return light, expressive
+
+
+def held_out_views(prepared: Path, spec, cfg: HapConfig):
+    """The run day's held-out requests (logged view), their serving view (simulation only, else None)
+    and their raw candidate rows, encoded with ``spec``: every model is judged through its own
+    fitted transforms on the same rows in the same order, so comparisons stay paired."""
+    holdout, raw = read_raw_parts(prepared / HOLDOUT_DIR, spec, cfg.label, cfg.eval.max_holdout_requests)
+    return holdout, read_serving_set(prepared, holdout, spec), raw
 
 
 def evaluate(
@@ -229,11 +292,11 @@ def evaluate(
     """Score candidate and production models on the same held-out requests of the run's day, choose
     the candidate's K (``models.evaluation``), and compare with production at its own K."""
     prepared = Path(prepared_dir)
-    holdout = read_shards(shard_files(prepared / HOLDOUT_DIR), cfg.eval.max_holdout_requests)
-    serving_files = shard_files(prepared / SERVING_DIR)
-    serving = read_shards(serving_files) if serving_files else None
-    light, expressive = load_model(light_dir), load_model(expressive_dir)
-    metrics, intervals, routing, per_request = assess(light, expressive, holdout, serving, cfg)
+    light, expressive = load_pair(Path(light_dir), Path(expressive_dir))
+    holdout, serving, raw = held_out_views(prepared, light.spec, cfg)
+    baselines = baseline_scores(raw, light.spec, prepared)
+    metrics, intervals, routing, per_request = assess(light, expressive, holdout, serving, cfg, baselines=baselines)
+    baselines_summary = routing.pop("baselines")
     result = {
         "holdout": json.loads((prepared / MANIFEST_FILE).read_text()),
         "eval": {
@@ -246,17 +309,25 @@ def evaluate(
         "candidate": metrics,
         "candidate_ci95": intervals,
         "routing": routing,
+        "baselines": baselines_summary,
         "production": None,
     }
     if production_dir:
         prod = Path(production_dir)
-        prod_models = (load_model(prod / "light"), load_model(prod / "expressive"))
+        prod_models = load_pair(prod / "light", prod / "expressive")
+        if prod_models[0].spec != light.spec:  # production's own fitted transforms, on the same rows
+            p_holdout, p_serving, _ = held_out_views(prepared, prod_models[0].spec, cfg)
+        else:
+            p_holdout, p_serving = holdout, serving
         prod_eval = prod / "evaluation.json"
         prod_k = json.loads(prod_eval.read_text()).get("routing", {}).get("k") if prod_eval.exists() else None
         prod_k = cfg.routing.k if prod_k is None else int(prod_k)
-        p_metrics, _, _, p_per_request = assess(*prod_models, holdout, serving, cfg, k=prod_k)
+        p_metrics, _, _, p_per_request = assess(*prod_models, p_holdout, p_serving, cfg, k=prod_k)
         result["production"] = p_metrics
-        deltas = paired_bootstrap((light, expressive), prod_models, holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap)
+        deltas = paired_bootstrap(
+            (light, expressive), prod_models, holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap,
+            production_data=p_holdout,
+        )  # fmt: skip
         deltas = {key.replace("system.", "logged."): v for key, v in deltas.items()}
         deltas["system.value"] = bootstrap_mean_ci(per_request - p_per_request, cfg.eval.bootstrap)
         result["delta_ci95"] = deltas

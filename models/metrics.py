@@ -68,6 +68,20 @@ def _ndcg(ranked_labels: np.ndarray, n_pos: int, m: int) -> float:
     return float((top * discounts[: len(top)]).sum() / discounts[: min(n_pos, m)].sum())
 
 
+def ranking_at(scores: np.ndarray, data: EncodedData, at: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per request (R,): Recall@``at`` and NDCG@``at`` of its clicked items among its candidates
+    ranked by ``scores`` (RankTower's metrics); NaN for a request without a click."""
+    off = data.offsets
+    recall, ndcg = np.full(data.n_requests, np.nan), np.full(data.n_requests, np.nan)
+    for r in range(data.n_requests):
+        y = data.label[off[r] : off[r + 1]]
+        n_pos = int(y.sum())
+        if n_pos:
+            ranked = y[np.argsort(-scores[off[r] : off[r + 1]], kind="stable")]
+            recall[r], ndcg[r] = ranked[:at].sum() / n_pos, _ndcg(ranked, n_pos, at)
+    return recall, ndcg
+
+
 def two_stage_recall(light: np.ndarray, expressive: np.ndarray, data: EncodedData, k: int, m: int) -> dict[str, float]:
     """Recall and NDCG of positives in the final top-M: light scores all, expressive re-orders the
     light top-K. Also reports the light model alone (K = 0). Requests without positives are skipped."""
@@ -138,15 +152,19 @@ def paired_bootstrap(
     m: int,
     n_boot: int = 100,
     seed: int = 0,
+    production_data: EncodedData | None = None,
 ) -> dict[str, list[float]]:
     """95% interval of (candidate − production) per metric, resampling held-out *requests* with
     replacement; both models see the same resample, so their shared noise cancels.
 
     Why: with a few hundred held-out requests a slice AUC moves by ±0.02 from sampling alone, which
     is the size of the drops the gate guards against. Only AUC slices and recall are resampled.
+    ``production_data``: the same requests and candidates encoded with production's own fitted spec
+    (``models.transforms``), when it differs from the candidate's.
     """
     c_light, c_expr = predict(candidate[0], data), predict(candidate[1], data)
-    p_light, p_expr = predict(production[0], data), predict(production[1], data)
+    p_data = data if production_data is None else production_data
+    p_light, p_expr = predict(production[0], p_data), predict(production[1], p_data)
     rng = np.random.default_rng(seed)
     deltas: dict[str, list[float]] = {}
     for _ in range(n_boot):

@@ -7,6 +7,7 @@ local paths, KFP artifact paths and mounted volumes alike.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,16 +21,21 @@ from hap.config import HapConfig
 from hap.contract import EVAL_TABLE, partition_dir
 from hap.workspace import Workspace, fresh_dir, window_days, write_json_atomic
 from hap_runtime.encode import encode_side
-from hap_runtime.spec import DEFAULT_SPEC
+from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
+from models.baselines import ITEM_RATES_FILE, write_item_rates
 from models.data import EncodedData, _columns
 from models.stream import read_shards, shard_files, to_table, write_day_shards
+from models.transforms import fit_spec
 
 log = logging.getLogger(__name__)
 
-# The prepared folder: train/ (window shards), holdout/ and valid/ (hash-splits of ds), serving/
-# (every retrieved candidate of held-out requests, simulation only), manifest.json.
+# The prepared folder: train/ (window shards), holdout/ (a hash-split of ds: encoded shards and the
+# raw rows beside them) and valid/, serving/ (every retrieved candidate of held-out requests,
+# simulation only), spec.json (the fitted feature spec), manifest.json.
 TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR = "train", "holdout", "valid", "serving"
 MANIFEST_FILE = "manifest.json"
+SPEC_FILE = "spec.json"  # the fitted feature spec (models.transforms) the shards are encoded with
+RAW_SERVING_FILE = "raw-candidates.parquet"
 
 
 class NotTrainable(RuntimeError):
@@ -48,21 +54,23 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     out = Path(out_dir)
     for sub in (TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR):  # a rerun replaces, never appends
         fresh_dir(out / sub)
-    used, skipped, days = [], {}, []
-    for day in window_days(ds, cfg.window_days):
-        status = ws.validation_status(day)
-        if status != "passed":
-            skipped[day] = status or "not validated"
-            continue
+    window = window_days(ds, cfg.window_days)
+    statuses = {day: ws.validation_status(day) for day in window}
+    skipped = {day: status or "not validated" for day, status in statuses.items() if status != "passed"}
+    used = [day for day in window if day not in skipped]
+    held_share = cfg.eval.holdout_fraction + (cfg.train.valid_fraction if cfg.train.valid_fraction > 0 else 0.0)
+    spec = fit_spec(ws.data, used, ds, held_share, DEFAULT_SPEC, cfg.transform)
+    write_json_atomic(out / SPEC_FILE, spec.to_dict())
+    days = []
+    for day in used:
         holdout = (out / HOLDOUT_DIR, cfg.eval.holdout_fraction) if day == ds else None
         valid = (out / VALID_DIR, cfg.train.valid_fraction) if day == ds and cfg.train.valid_fraction > 0 else None
         days.append(
-            write_day_shards(
-                ws.data, day, DEFAULT_SPEC, cfg.label, out / TRAIN_DIR, cfg.train.shard_requests, holdout, valid
-            )
+            write_day_shards(ws.data, day, spec, cfg.label, out / TRAIN_DIR, cfg.train.shard_requests, holdout, valid)
         )
-        used.append(day)
-    serving_requests = write_serving_set(ws.data, ds, out, cfg.eval.max_serving_requests)
+    (out / ITEM_RATES_FILE).unlink(missing_ok=True)  # a rerun replaces
+    write_item_rates(ws.data, [day for day in used if day < ds], cfg.label, out)  # strictly earlier days
+    serving_requests = write_serving_set(ws.data, ds, out, spec, cfg.eval.max_serving_requests)
     manifest = {
         "ds": ds,
         "days": used,
@@ -81,9 +89,15 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     return manifest
 
 
-def write_serving_set(data_root: Path, ds: str, out: Path, max_requests: int) -> int:
+def prepared_spec(prepared_dir: str | Path) -> FeatureSpec:
+    """The feature spec fitted for this prepared folder: what its shards are encoded with."""
+    return FeatureSpec.from_dict(json.loads((Path(prepared_dir) / SPEC_FILE).read_text()))
+
+
+def write_serving_set(data_root: Path, ds: str, out: Path, spec: FeatureSpec, max_requests: int) -> int:
     """Encode the simulator's ``eval_candidates`` of the held-out requests (every retrieved
-    candidate with p(click)) into ``serving/``; 0 when the day has none (a real log)."""
+    candidate with p(click)) into ``serving/``, beside their raw rows (``RAW_SERVING_FILE``, which
+    evaluation encodes with each model's own spec); 0 when the day has none (a real log)."""
     src = partition_dir(data_root, EVAL_TABLE, ds)
     holdout = shard_files(out / HOLDOUT_DIR)
     if not src.is_dir() or not holdout or max_requests <= 0:
@@ -94,12 +108,20 @@ def write_serving_set(data_root: Path, ds: str, out: Path, max_requests: int) ->
     )
     if table.num_rows == 0:
         return 0
-    serving = serving_set(table, held)
-    pq.write_table(to_table(serving), fresh_dir(out / SERVING_DIR / f"ds={ds}") / "part-00000.parquet")
+    serving = serving_set(table, held, spec)
+    dest = fresh_dir(out / SERVING_DIR / f"ds={ds}")
+    pq.write_table(to_table(serving), dest / "part-00000.parquet")
+    pq.write_table(table, dest / RAW_SERVING_FILE)
     return serving.n_requests
 
 
-def serving_set(table, held: EncodedData) -> EncodedData:
+def read_serving_set(prepared_dir: str | Path, held: EncodedData, spec: FeatureSpec) -> EncodedData | None:
+    """The serving view of ``held`` (encoded with ``spec``) from the raw rows prepare kept; None without."""
+    raw = sorted((Path(prepared_dir) / SERVING_DIR).glob(f"ds=*/{RAW_SERVING_FILE}"))
+    return serving_set(pq.read_table(raw[0]), held, spec) if raw else None
+
+
+def serving_set(table, held: EncodedData, spec: FeatureSpec) -> EncodedData:
     """The serving view of held-out requests: their user side from ``held``, every retrieved
     candidate of the ``eval_candidates`` table (Arrow) encoded, ``label`` = p(click). Candidates
     are in retrieval order; requests missing from ``held`` are dropped."""
@@ -113,7 +135,7 @@ def serving_set(table, held: EncodedData) -> EncodedData:
         request_ids=uniq,
         user_x=held.user_x[rows],
         seq=held.seq[rows],
-        item_x=encode_side(_columns(table, DEFAULT_SPEC, "item"), DEFAULT_SPEC, "item").numpy(),
+        item_x=encode_side(_columns(table, spec, "item"), spec, "item").numpy(),
         req=req.astype(np.int64),
         source=np.full(len(ids), -1, dtype=np.int64),
         label=table["p_click"].to_numpy().astype(np.float32),

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from hap.contract import HASH_SPACE, partition_dir, split_mask
 from hap.workspace import fresh_dir
 from hap_runtime.spec import FeatureSpec
-from models.data import Batch, EncodedData, encode_tables
+from models.data import Batch, EncodedData, candidates_in_order, encode_tables
 
 SCAN_ROWS = 65_536  # rows per scanned record batch in pass 1
 # pre_buffer would coalesce the reads of many row groups ahead of the scan: off, to stay bounded
@@ -159,8 +159,44 @@ def write_day_shards(
                 pq.write_table(to_table(part), dest / f"part-{b:05d}.parquet")
                 totals[key + "requests"] += part.n_requests
                 totals[key + "samples"] += len(part.label)
+                if key == "holdout_":
+                    write_raw_part(tables[0], tables[1], mine, dest, b)
     shutil.rmtree(tmp)
     return DayShards(ds=ds, buckets=n_buckets, **totals)
+
+
+def write_raw_part(requests: pa.Table, candidates: pa.Table, mask: np.ndarray, dest: Path, b: int) -> None:
+    """The contract rows of the requests ``mask`` selects, beside their encoded shard: evaluation
+    encodes them again with each model's own fitted spec (``raw_parts``), in the shard's order."""
+    held = requests.filter(pa.array(mask))
+    pq.write_table(held, dest / f"raw-requests-{b:05d}.parquet")
+    keep = pc.is_in(candidates["request_id"], value_set=held["request_id"])
+    pq.write_table(candidates.filter(keep), dest / f"raw-candidates-{b:05d}.parquet")
+
+
+def raw_parts(directory: str | Path) -> list[tuple[Path, Path]]:
+    """(requests, candidates) raw files of each held-out part, in the order of ``shard_files``."""
+    reqs = sorted(Path(directory).glob("ds=*/raw-requests-*.parquet"))
+    return [(r, r.with_name(r.name.replace("raw-requests-", "raw-candidates-"))) for r in reqs]
+
+
+def read_raw_parts(directory: str | Path, spec: FeatureSpec, label: str, max_requests: int | None = None):
+    """The held-out requests encoded with ``spec``, and their raw candidate rows in the same order:
+    ``read_shards`` of the encoded shards when ``spec`` is the one they were written with."""
+    encoded, raw, total = [], [], 0
+    for req_path, cand_path in raw_parts(directory):
+        requests = pq.read_table(req_path)
+        if max_requests is not None and total + requests.num_rows > max_requests:
+            requests = requests.slice(0, max_requests - total)
+        candidates = pq.read_table(cand_path)
+        encoded.append(encode_tables(requests, candidates, spec, label))
+        raw.append(candidates_in_order(requests, candidates)[0])
+        total += requests.num_rows
+        if max_requests is not None and total >= max_requests:
+            break
+    if not encoded:
+        raise FileNotFoundError(f"no held-out rows under {directory}")
+    return EncodedData.concat(encoded), pa.concat_tables(raw)
 
 
 def _spill(src: pads.Dataset, out: Path, n_buckets: int) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 from hap.config import HapConfig
 from hap.workspace import write_json_atomic
 from hap_runtime.nets import load_model, save_model
-from hap_runtime.spec import DEFAULT_SPEC
 from models import distributed
-from models.prepare import TRAIN_DIR, VALID_DIR
+from models.prepare import TRAIN_DIR, VALID_DIR, prepared_spec
 from models.stream import ShardStream, read_shards, shard_files
 from models.train import train_expressive, train_light
 
@@ -33,14 +32,13 @@ def train_worker(
         data = ShardStream(shard_files(Path(prepared_dir) / TRAIN_DIR))
         valid_files = shard_files(Path(prepared_dir) / VALID_DIR)
         valid = read_shards(valid_files) if valid_files else None
+        spec = prepared_spec(prepared_dir)  # the fitted transforms: they travel in the model's model.json
         ckpt = Path(checkpoint) if checkpoint else Path(str(Path(out_dir)) + ".ckpt")
         if which == "light":
-            model, history = train_light(data, cfg, DEFAULT_SPEC, ctx=ctx, checkpoint=ckpt, valid=valid)
+            model, history = train_light(data, cfg, spec, ctx=ctx, checkpoint=ckpt, valid=valid)
         elif which == "expressive":
             light = load_model(init_dir) if init_dir else None
-            model, history = train_expressive(
-                data, cfg, DEFAULT_SPEC, light=light, valid=valid, ctx=ctx, checkpoint=ckpt
-            )
+            model, history = train_expressive(data, cfg, spec, light=light, valid=valid, ctx=ctx, checkpoint=ckpt)
         else:
             raise ValueError(f"which must be 'light' or 'expressive', got {which!r}")
         if ctx.is_main:

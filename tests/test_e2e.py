@@ -261,7 +261,7 @@ def test_status_and_report_show_two_days_from_data_to_serving(ws, server, second
     text = page_text(page_file.as_uri())
     assert f"plots rendered: {len(FIGURES)}/{len(FIGURES)}" in text, text[:1500]
     for heading in ("At a glance", f"Steps of ds={GATE_FAIL}", "Lineage: from data to the serving version",
-                    "Held-out AUC by difficulty slice", "Gate: ", "System metric against FLOPs across K",
+                    "Held-out AUC by difficulty slice", "Against its own features", "Gate: ", "System metric against FLOPs across K",
                     "Validation statistics against their bands", "Gradient conflict during training",
                     "Deploys and rollbacks"):  # fmt: skip
         assert heading in text, heading

@@ -64,8 +64,7 @@ def tiny_run(tmp_path_factory):
     that never trained (its scores are noise): routing through it can only hurt."""
     from hap.workspace import Workspace, write_json_atomic
     from hap_runtime.nets import PreRanker
-    from hap_runtime.spec import DEFAULT_SPEC
-    from models.prepare import HOLDOUT_DIR, SERVING_DIR, TRAIN_DIR, prepare
+    from models.prepare import HOLDOUT_DIR, SERVING_DIR, TRAIN_DIR, prepare, prepared_spec
     from models.stream import read_shards, shard_files
     from models.train import train_model
 
@@ -79,17 +78,33 @@ def tiny_run(tmp_path_factory):
     CascadeSimulator(sim).write_days(ws.data, "2026-11-22", 1, 1500)
     write_json_atomic(ws.validation_dir("2026-11-22") / "verdict.json", {"success": True})  # stands in for GX
     manifest = prepare(str(root), "2026-11-22", cfg, str(root / "prep"))
+    spec = prepared_spec(root / "prep")  # the transforms fitted on the training rows
     light, _ = train_model(
-        read_shards(shard_files(root / "prep" / TRAIN_DIR)), cfg.light, cfg.light_loss, cfg.train, DEFAULT_SPEC
+        read_shards(shard_files(root / "prep" / TRAIN_DIR)), cfg.light, cfg.light_loss, cfg.train, spec
     )
-    noise = PreRanker(cfg.expressive, DEFAULT_SPEC).eval()
+    noise = PreRanker(cfg.expressive, spec).eval()
     holdout = read_shards(shard_files(root / "prep" / HOLDOUT_DIR))
     serving = read_shards(shard_files(root / "prep" / SERVING_DIR))
-    return cfg, manifest, light, noise, holdout, serving
+    return cfg, manifest, light, noise, holdout, serving, root / "prep"
+
+
+def test_held_out_rows_encoded_again_with_the_prepared_spec_are_the_shards(tiny_run):
+    """Evaluation encodes the kept raw rows with each model's own spec: with the spec the shards were
+    written with, that is exactly the shards, request for request and candidate for candidate."""
+    from models.evaluation import held_out_views
+    from models.prepare import prepared_spec
+
+    cfg, _, light, _, holdout, serving, prep = tiny_run
+    again, served_again, raw = held_out_views(prep, prepared_spec(prep), cfg)
+    for name in ("request_ids", "user_x", "seq", "item_x", "req", "source", "label"):
+        assert np.array_equal(getattr(again, name), getattr(holdout, name)), name
+        assert np.array_equal(getattr(served_again, name), getattr(serving, name)), name
+    assert raw.num_rows == len(holdout.label)
+    assert raw["request_id"].to_pylist() == holdout.request_ids[holdout.req].tolist()
 
 
 def test_prepare_writes_the_serving_set_of_held_out_requests(tiny_run):
-    cfg, manifest, _, _, holdout, serving = tiny_run
+    cfg, manifest, _, _, holdout, serving, prep = tiny_run
     assert manifest["serving_requests"] == serving.n_requests == holdout.n_requests > 200
     assert set(serving.request_ids) == set(holdout.request_ids)
     assert (np.diff(serving.offsets) == cfg.sim.retrieval_size).all()  # every retrieved candidate
@@ -100,7 +115,7 @@ def test_gate_refuses_a_two_stage_system_worse_than_light_alone(tiny_run):
     from models.evaluation import assess
     from registry.gate import decide, load_policy
 
-    cfg, _, light, noise, holdout, serving = tiny_run
+    cfg, _, light, noise, holdout, serving, prep = tiny_run
     forced = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, select_k=False))
     metrics, intervals, routing, _ = assess(light, noise, holdout, serving, forced)
     assert routing["view"] == "serving" and metrics["system.k"] == cfg.routing.k

@@ -193,3 +193,44 @@ def test_target_attention_skips_padding_yet_equals_the_dense_masked_form():
     out = att(target, seq_emb, mask, req)
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.equal(out[5:], torch.cat([torch.zeros(2, 16), torch.zeros(2, 1)], dim=-1))  # empty history
+
+
+TWO_TOWER = ModelConfig(arch="two_tower", mlp_dims=(16, 8))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_a_two_tower_score_is_the_similarity_of_a_user_vector_and_a_request_free_item_vector(data, similarity):
+    """Decoupled: an item's vector is computed from its own features alone, so scoring it for any
+    request is one product with that request's user vector (what an item snapshot can carry)."""
+    model = PreRanker(dataclasses.replace(TWO_TOWER, similarity=similarity), DEFAULT_SPEC).eval()
+    b = data.batch(np.arange(4))
+    with torch.no_grad():
+        scores = model(b.user_x, b.seq, b.item_x, b.req)  # (C,)
+        items = model.item_vectors(model.embeddings.side(b.item_x, model.item_feats))  # (C, T)
+        alone = model.item_vectors(model.embeddings.side(b.item_x[:1], model.item_feats))  # one item, no request
+        users = model.user_proj(model.user_side(b.user_x, b.seq).vec)  # (B, T)
+        if similarity == "cosine":
+            items, users = torch.nn.functional.normalize(items, dim=-1), torch.nn.functional.normalize(users, dim=-1)
+        by_hand = model.similarity.log_scale.exp() * (users[b.req] * items).sum(-1) + model.similarity.bias
+    alone = alone if similarity == "dot" else torch.nn.functional.normalize(alone, dim=-1)
+    assert torch.allclose(items[:1], alone, atol=1e-6)  # batched or alone: the same vector (float sums aside)
+    assert torch.allclose(scores, by_hand, atol=1e-6)
+    assert not hasattr(model, "mlp")  # no per-candidate network beyond the item tower
+
+
+def test_a_two_tower_light_model_trains_saves_and_warm_starts_the_expressive_model(data, tmp_path):
+    cfg = dataclasses.replace(FAST, light=TWO_TOWER)
+    light, _ = train_model(data, cfg.light, cfg.light_loss, cfg.train, DEFAULT_SPEC)
+    save_model(light, tmp_path / "tt")
+    loaded = load_model(tmp_path / "tt")
+    assert loaded.cfg.arch == "two_tower" and np.array_equal(predict(light, data), predict(loaded, data))
+    expr, history = train_expressive(data, cfg, DEFAULT_SPEC, light=light)
+    assert any(k.startswith("item_tower.") for k in history["warm_start"])
+    assert not any(k.startswith(("item_proj.", "similarity.")) for k in history["warm_start"])
+
+
+def test_model_config_refuses_a_coupled_two_tower_and_unknown_choices():
+    with pytest.raises(ValueError, match="decoupled"):
+        ModelConfig(arch="two_tower", attention=True)
+    with pytest.raises(ValueError, match="arch"):
+        HapConfig.from_dict({"light": {"arch": "three_tower"}})

@@ -2,7 +2,8 @@
 
 Built by the daily DAG's last task (whatever the others did) and by ``hap report``, from the
 workspace's records only. Sections: the run at a glance (steps, serving, open alerts), lineage from
-data to the serving version, per-slice AUC over the last days, the gate's rules with their figures,
+data to the serving version, per-slice AUC over the last days, the light model against the trivial
+scores it must beat (each numeric item feature alone, the earlier days' item click rate), the gate's rules with their figures,
 the system metric against FLOPs across K, validation statistics against their bands, the
 gradient-conflict cosines during training, and the deploy/rollback timeline. Plots are PNGs embedded
 in the page, so the one file can be copied, attached or archived as it is; it needs no network.
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # The figures and tables a report holds (ids in the page: ``fig-<name>``, ``table-<name>``).
 FIGURES = ("auc", "routing", "validation", "gradients", "timeline")
-TABLES = ("steps", "lineage", "auc", "gate", "routing", "validation", "verdicts", "gradients", "timeline")
+TABLES = ("steps", "lineage", "auc", "baselines", "gate", "routing", "validation", "verdicts", "gradients", "timeline")
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
@@ -255,6 +256,31 @@ def _auc(d: _Data) -> str:
     )
     caption = f"AUC per slice over {d.days[0]}..{d.days[-1]}: each day's candidate and the production model on the same held-out day"
     return f'<section id="auc"><h2>Held-out AUC by difficulty slice</h2>{_figure("auc", fig, caption)}{table}</section>'
+
+
+def _baselines(d: _Data) -> str:
+    """The run's light model beside each baseline score on the same held-out candidates, and its
+    margin over the best single feature per slice with the paired interval."""
+    ev = d.evaluations.get(d.ds) or {}
+    summary = ev.get("baselines") or {}
+    light = ev.get("candidate") or {}
+    aucs = summary.get("aucs") or {}
+    rows = [["light model (candidate)", *(light.get(f"light.auc.{s}") for s in SLICES)]]
+    rows += [[name, *(t.get(f"auc.{s}") for s in SLICES)] for name, t in sorted(aucs.items())]
+    best = summary.get("best_feature")
+    classes = [""] + ["muted" if name != best else "" for name in sorted(aucs)]
+    if best:
+        margin, ci = summary.get("margin") or {}, summary.get("margin_ci95") or {}
+        rows.append([f"margin over {best}", *(margin.get(f"auc.{s}") for s in SLICES)])
+        rows.append(["margin 95% CI", *(ci.get(f"auc.{s}") for s in SLICES)])
+        below = [s for s in SLICES if (ci.get(f"auc.{s}") or [0, 0])[1] < 0]
+        classes += ["bad" if below else "", "bad" if below else ""]
+        verdict = (f"the light model is below {best} alone beyond noise on: {', '.join(below)}" if below
+                   else f"the light model is not below its best single feature ({best}) on any slice")  # fmt: skip
+    else:
+        verdict = "no baseline scores recorded for this run" if not aucs else "no numeric item feature to compare"
+    table = _table("baselines", ["score", *(f"AUC {s}" for s in SLICES)], rows if aucs else [], classes)
+    return f'<section id="baselines"><h2>Against its own features</h2><p>{html.escape(verdict)}</p>{table}</section>'
 
 
 def _gate(d: _Data) -> str:
@@ -500,10 +526,10 @@ def build(ds: str, ws: Workspace | None = None, n_days: int = 14) -> Path:
     d = _Data(ws, ds, n_days)
     st = status.collect(ws, live=False)
     parts = [("summary", _summary, (d, st)), ("steps", _steps, (d,)), ("lineage", _lineage, (d, st)), ("auc", _auc, (d,)),
-             ("gate", _gate, (d,)), ("routing", _routing, (d,)), ("validation", _validation, (d,)),
+             ("baselines", _baselines, (d,)), ("gate", _gate, (d,)), ("routing", _routing, (d,)), ("validation", _validation, (d,)),
              ("gradients", _gradients, (d,)), ("timeline", _timeline, (d,))]  # fmt: skip
     sections = [_section(name, fn, args) for name, fn, args in parts]
-    nav = " ".join(f'<a href="#{s}">{s}</a>' for s in ("summary", "steps", "lineage", "auc", "gate", "routing",
+    nav = " ".join(f'<a href="#{s}">{s}</a>' for s in ("summary", "steps", "lineage", "auc", "baselines", "gate", "routing",
                                                        "validation", "gradients", "timeline"))  # fmt: skip
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>HAP daily report ds={ds}</title>"
