@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hap import SLICES
-from hap.config import HapConfig, LossConfig
+from hap.config import HapConfig, LossConfig, TransformConfig
 from hap.workspace import Workspace
 from hap_runtime.config import ModelConfig
 from models.baselines import baseline_scores
@@ -68,7 +68,9 @@ def sim_runs(root: Path, beta: float, n_requests: int) -> tuple[HapConfig, list[
     from samples.simulator import CascadeSimulator
 
     cfg = HapConfig()
-    cfg = dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, session_beta=beta))
+    cfg = dataclasses.replace(
+        cfg, sim=dataclasses.replace(cfg.sim, session_beta=beta), transform=TransformConfig(fit=True)
+    )
     ws = Workspace(root)
     days = CascadeSimulator(cfg.sim).write_days(ws.data, "2026-11-20", 3, n_requests)
     for day in days:

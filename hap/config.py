@@ -183,9 +183,11 @@ class LossConfig:
 class TransformConfig:
     """Feature transforms fitted per run on the training window's training rows (``models.transforms``):
     ``buckets`` equal-frequency buckets per numeric feature, the ``vocab_size`` most frequent values
-    per string categorical (the rest out-of-vocabulary). ``fit = false`` keeps the declared spec."""
+    per string categorical (the rest out-of-vocabulary). ``fit = false`` keeps the declared spec: the
+    embedded default, whose declared boundaries are the simulator's own; ``configs/real_logs.yaml``
+    fits them (a real log's columns follow no declared boundary)."""
 
-    fit: bool = True
+    fit: bool = False
     buckets: int = 16
     vocab_size: int = 1000
     max_values: int = 500_000  # values held per numeric feature while fitting (a uniform thinning beyond)

@@ -322,7 +322,10 @@ def evaluate(
         prod_eval = prod / "evaluation.json"
         prod_k = json.loads(prod_eval.read_text()).get("routing", {}).get("k") if prod_eval.exists() else None
         prod_k = cfg.routing.k if prod_k is None else int(prod_k)
-        p_metrics, _, _, p_per_request = assess(*prod_models, p_holdout, p_serving, cfg, k=prod_k)
+        p_baselines = baseline_scores(raw, prod_models[0].spec, prepared)  # the same rows: the same scores
+        p_metrics, _, _, p_per_request = assess(
+            *prod_models, p_holdout, p_serving, cfg, k=prod_k, baselines=p_baselines
+        )
         result["production"] = p_metrics
         deltas = paired_bootstrap(
             (light, expressive), prod_models, holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap,

@@ -73,7 +73,7 @@ def _rewrite(root, tmp, held: bool):
 
 
 def test_boundaries_and_vocabularies_come_from_training_rows_only(day_root, tmp_path):
-    cfg = TransformConfig(buckets=8)
+    cfg = TransformConfig(fit=True, buckets=8)
     spec = fit_spec(day_root, [DS], DS, HELD, DEFAULT_SPEC, cfg)
     ctr = spec["item_ctr_7d"]
     assert ctr.boundaries != DEFAULT_SPEC["item_ctr_7d"].boundaries and 1 <= len(ctr.boundaries) <= 7
@@ -113,7 +113,7 @@ def test_archive_scorer_scores_a_request_exactly_as_training_did(day_root, tmp_p
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(day_root, ws.data)
     ws.record_validation(DS, {"success": True})
-    base = HapConfig(window_days=1)
+    base = HapConfig(window_days=1, transform=TransformConfig(fit=True))
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1, batch_requests=64))
     prepare(str(ws.root), DS, cfg, str(tmp_path / "prep"))
     spec = prepared_spec(tmp_path / "prep")
