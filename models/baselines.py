@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from hap.contract import aggregate_label, partition_dir
 from hap_runtime.spec import FeatureSpec
+from models.stream import SCAN_ROWS
 
 ITEM_RATE = "item_click_rate_earlier_days"
 ITEM_RATES_FILE = "item_rates.parquet"
@@ -44,7 +45,7 @@ def write_item_rates(data_root: Path, days: list[str], label: str, out: Path) ->
     acc: pa.Table | None = None
     for day in days:
         src = pads.dataset(partition_dir(data_root, "candidates", day), format="parquet")
-        for rb in src.to_batches(batch_size=65_536, use_threads=False):
+        for rb in src.to_batches(batch_size=SCAN_ROWS, use_threads=False):
             table = pa.Table.from_batches([rb])
             table = table.filter(pc.equal(table["source"], "expose"))
             if not table.num_rows:

@@ -28,9 +28,8 @@ import pyarrow.dataset as pads
 from hap.config import TransformConfig
 from hap.contract import HASH_SPACE, partition_dir
 from hap_runtime.spec import Feature, FeatureSpec
-from models.stream import request_hash  # the same crc32 as the split
+from models.stream import SCAN_ROWS, request_hash  # the same crc32 as the split; one scan size
 
-SCAN_ROWS = 65_536
 _SIDE_TABLE = {"user": "requests", "item": "candidates"}
 
 
