@@ -361,10 +361,17 @@ class OrchestrationConfig:
     sensor_timeout_s: int = 12 * 3600  # then it fails and alerts
     sensor_mode: SensorMode = "reschedule"  # reschedule frees the worker slot between pokes
     run_deadline_h: float = 6.0  # a run still going this long after it was queued alerts; 0 turns it off
+    refusal_alert_after: int = 2  # this many days in a row refused by the gate alert on-call; 0 turns it off
     gate_policy: str = ""
     # Where ``$HAP_HOME``'s pages (``reports/``, ``validation/``) are published over HTTP, for the
     # links on each Airflow task; empty: ``file://`` links into the workspace (one machine).
     pages_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.refusal_alert_after < 0:
+            raise ValueError(
+                f"orchestration.refusal_alert_after must be 0 (off) or more, got {self.refusal_alert_after}"
+            )
 
 
 @dataclass(frozen=True)
@@ -441,6 +448,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HAP_SENSOR_MODE": ("orchestration", "sensor_mode"),
     "HAP_RUN_DEADLINE_H": ("orchestration", "run_deadline_h"),
     "HAP_GATE_POLICY": ("orchestration", "gate_policy"),
+    "HAP_REFUSAL_ALERT_AFTER": ("orchestration", "refusal_alert_after"),
     "HAP_PAGES_URL": ("orchestration", "pages_url"),
 }
 

@@ -55,9 +55,11 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     for sub in (TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR):  # a rerun replaces, never appends
         fresh_dir(out / sub)
     window = window_days(ds, cfg.window_days)
-    statuses = {day: ws.validation_status(day) for day in window}
+    absent = [day for day in window if day != ds and not any(  # no data at all (a window reaching before the log)
+        partition_dir(ws.data, t, day).exists() for t in ("requests", "candidates"))]  # fmt: skip
+    statuses = {day: ws.validation_status(day) for day in window if day not in absent}
     skipped = {day: status or "not validated" for day, status in statuses.items() if status != "passed"}
-    used = [day for day in window if day not in skipped]
+    used = [day for day in statuses if day not in skipped]
     held_share = cfg.eval.holdout_fraction + (cfg.train.valid_fraction if cfg.train.valid_fraction > 0 else 0.0)
     spec = fit_spec(ws.data, used, ds, held_share, DEFAULT_SPEC, cfg.transform)
     write_json_atomic(out / SPEC_FILE, spec.to_dict())
@@ -75,6 +77,7 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
         "ds": ds,
         "days": used,
         "skipped_days": skipped,
+        "absent_days": absent,
         "train_requests": sum(d.requests for d in days),
         "train_samples": sum(d.samples for d in days),
         "train_shards": len(shard_files(out / TRAIN_DIR)),
@@ -85,7 +88,9 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     }
     write_json_atomic(out / MANIFEST_FILE, manifest)
     if skipped:
-        log.warning("window days skipped (not passed validation): %s", skipped)
+        log.warning("window days skipped (their data has not passed validation): %s", skipped)
+    if absent:
+        log.info("window days with no data (a window reaching before the log starts): %s", absent)
     return manifest
 
 

@@ -125,11 +125,14 @@ class Registry:
         return json.loads(path.read_text()) if path.exists() else None
 
     def set_production(self, version: str, reason: str) -> dict[str, Any]:
-        """Point production at ``version`` atomically, remembering the previous one for rollback."""
+        """Point production at ``version`` atomically, remembering the previous one for rollback; for the
+        version already in production, the pointer (and its rollback target) stays and a ``redeploy``
+        event is recorded."""
         if not self.version_dir(version).exists():
             raise KeyError(f"unknown model version {version}")
         current = self.production()
-        if current and current["version"] == version:
+        if current and current["version"] == version:  # a redeploy: the pointer stays, the audit trail says so
+            self.record_event("redeploy", version=version, reason=reason, previous=current.get("previous"))
             return current
         pointer = {
             "version": version,

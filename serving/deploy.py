@@ -284,6 +284,7 @@ def _deploy(
     if isinstance(target, KServeTarget):
         pointer = registry.set_production(version, reason=reason or f"daily deploy ds={smoke_ds}")
         log.info("deployed %s on KServe (previous %s)", version, previous)
+        previous = previous if previous != version else pointer["previous"]  # a redeploy keeps the rollback target
         return {"version": version, "previous": previous, "production": pointer, "archive": str(mar),
                 "storage_uri": version_uri(cfg.serving.kserve, version), "mode": "kserve"}  # fmt: skip
     server = target.server
@@ -305,7 +306,7 @@ def _deploy(
     log.info("deployed %s (previous %s)", version, previous)
     return {
         "version": version,
-        "previous": previous,
+        "previous": previous if previous != version else pointer["previous"],  # a redeploy keeps the rollback target
         "production": pointer,
         "archive": str(mar),
         "unregistered": removed,

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import random
 import shutil
@@ -38,6 +39,8 @@ from hap_runtime.keyfile import HOME_ENV, MGMT_ENV, URL_ENV
 from serving.archive import MODEL_NAME
 from serving.errors import AuthError, ServingError
 from serving.keys import PID_FILE, KeyRing, is_auth_failure
+
+log = logging.getLogger(__name__)
 
 METRICS_CONFIG = Path(__file__).with_name("metrics.yaml")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
@@ -185,6 +188,10 @@ class LocalTorchServe:
         except (OSError, ValueError, psutil.Error):
             return None
 
+    def busy_ports(self) -> list[int]:
+        """This home's ports that something (a server, ours still shutting down, or another) holds."""
+        return [port for port in dataclasses.astuple(self.ports) if not _port_free(port)]
+
     def is_running(self) -> bool:
         """Healthy and ours: /ping answers 200 to this home's inference token (auth covers /ping)."""
         if self.pid() is None:
@@ -207,7 +214,7 @@ class LocalTorchServe:
                 if self.keys.exists() and self.keys.expires_at(kind) <= time.time() + 5:
                     self.keys.renew(kind)
             return False
-        busy = [port for port in dataclasses.astuple(self.ports) if not _port_free(port)]
+        busy = self.busy_ports()
         if busy:  # a server of another home (or anything else) there would answer our clients instead
             raise ServingError(
                 f"127.0.0.1 port(s) {busy} of {self.home} are in use by another process: stop it, or give this "
@@ -259,16 +266,29 @@ class LocalTorchServe:
         with self.lock():
             self._stop()
 
-    def _stop(self) -> None:
+    def _stop(self, timeout: float = 60) -> None:
+        """Stop the frontend and wait until its process is gone (its ports free): ``torchserve --stop``
+        only signals it and deletes the pid file, while the JVM may take many seconds to unload its
+        workers on a busy machine. Past ``timeout`` it is killed."""
         keeper = self.keeper_pid()
         if keeper is not None:
             os.kill(keeper, signal.SIGTERM)
+        pid = self.pid()
         torchserve = shutil.which("torchserve", path=self._env()["PATH"])
         if torchserve:
             subprocess.run([torchserve, "--stop"], cwd=self.home, env=self._env(), capture_output=True)
-        deadline = time.monotonic() + 30
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        if pid is None:
+            return
+        try:
+            frontend = psutil.Process(pid)
+            try:
+                frontend.wait(timeout=timeout)
+            except psutil.TimeoutExpired:
+                log.warning("TorchServe (pid %d) still up %.0f s after --stop: killing it", pid, timeout)
+                frontend.kill()
+                frontend.wait(timeout=30)
+        except psutil.NoSuchProcess:
+            pass
 
     def status(self) -> dict[str, Any]:
         """What is true now: process, health, versions and workers, keys and memory."""

@@ -1,5 +1,7 @@
 """The CLI wires the same library functions: simulate and validate from the command line."""
 
+import pytest
+
 from hap.contract import partition_dir
 from workflow.cli import main
 
@@ -76,3 +78,40 @@ def test_run_day_without_data_is_a_clear_error(tmp_path):
     proc = _hap(tmp_path / "ws", "run-day", "--ds", "2019-11-12")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "no data for ds=2019-11-12" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_run_day_is_quiet_and_a_refusal_is_its_own_exit_code(tmp_path, small_sim):
+    """`hap run-day` prints a short summary (the frameworks' output goes to the day's log file, whose
+    path it names) ending with one line that says what the day came to; a day the gate refuses
+    exits 3, not 0 (serving unchanged), and `hap status` lists it; the same day accepted exits 0."""
+    import json
+
+    home = tmp_path / "ws"
+    ds = "2019-11-12"
+    small_sim.write_days(home / "data", ds, 1, 300)
+    strict, lenient = tmp_path / "strict.yaml", tmp_path / "lenient.yaml"
+    strict.write_text("metrics:\n  light.auc.overall: {floor: 0.999, max_drop: 0.0, min_examples: 1}\n")
+    lenient.write_text("metrics:\n  light.auc.overall: {floor: 0.0, max_drop: 1.0, min_examples: 1}\n")
+    skip = json.dumps({"skip_deploy": True})  # no TorchServe here: the run stops after promote either way
+
+    proc = _hap(home, "run-day", "--ds", ds, "--conf", skip, env={"HAP_GATE_POLICY": str(strict)})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert len(lines) < 40 and "Traceback" not in proc.stderr, lines
+    log_file = home / "airflow" / "logs" / f"dag_test_{ds}.log"
+    assert str(log_file) in lines[0] and "hap_daily" in log_file.read_text(errors="replace")
+    assert (
+        lines[-1].startswith(f"ds={ds}: REFUSED — gate FAIL — light.auc.overall: ") and "serving unchanged" in lines[-1]
+    )
+    status = _hap(home, "status", "--no-live")
+    assert (
+        status.returncode == 1
+        and f"1 day(s) refused by the gate since the last accepted one (newest ds={ds}" in status.stdout
+    )
+
+    proc = _hap(home, "run-day", "--ds", ds, "--conf", skip, env={"HAP_GATE_POLICY": str(lenient)})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert len(lines) < 40 and lines[-1].startswith(f"ds={ds}: STOPPED — not deployed: "), lines
+    assert "refused" not in _hap(home, "status", "--no-live").stdout

@@ -2,6 +2,7 @@
 Expectations and a real ``torchserve`` on 127.0.0.1 with token auth."""
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ from registry.store import Registry
 from serving.deploy import sample_request
 from serving.server import LocalTorchServe
 from workflow.airflow_local import run_day
+from workflow.status import day_outcome
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +66,27 @@ def day_one_serving(ws, server, first_day):
     return V1
 
 
+@dataclass(frozen=True)
+class DayRun:
+    """A run's task states and what served right after it (later tests may deploy something else)."""
+
+    states: dict
+    production: dict | None
+    default_version: str | None
+    answered_by: str | None  # the model_version of a request sent right after the run
+
+
 @pytest.fixture(scope="module")
 def second_day(ws, server, first_day):
     """Day 2 run once for the module under the shipped gate policy, judged against day 1 in
-    production: its task states. Later tests re-gate this run instead of training it again."""
+    production: its task states and what served after it. Later tests re-gate this run instead of
+    training it again."""
     assert first_day["deploy"] == "success", first_day
     deploy_day_one(ws)
-    return run_under_shipped_policy(GATE_FAIL, ws)
+    states = run_under_shipped_policy(GATE_FAIL, ws)
+    answer = server.predict(sample_request(ws.data, GATE_FAIL, 50))
+    assert answer.status_code == 200, answer.text
+    return DayRun(states, Registry(ws).production(), server.default_version(), answer.json()["model_version"])
 
 
 def test_daily_run_validates_trains_gates_and_serves(ws, server, first_day):
@@ -113,22 +129,37 @@ def test_rerunning_a_day_creates_no_duplicates(ws, server, day_one_serving):
 
 def test_gate_failure_skips_package_and_deploy(ws, server, second_day, tmp_path, monkeypatch):
     """A failed gate stops the DAG before package: nothing registered, production unchanged. Day 2's
-    run under the shipped policy is that case when it fails; when it passes, a stricter policy makes it."""
-    states = second_day
-    decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
+    run under the shipped policy is that case when it fails; when it passes, a stricter policy makes
+    it, and the shipped run's records are put back for the tests that read them."""
+    states = second_day.states
+    run_dir = ws.run_dir(GATE_FAIL)
+    decision = json.loads((run_dir / "decision.json").read_text())
+    registered = [m["version"] for m in Registry(ws).versions() if m["ds"] == GATE_FAIL]
+    assert registered == ([V2] if decision["passed"] else []), registered
     if decision["passed"]:  # then fail it with a policy no model meets, through the DAG again
+        shipped = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
         strict = tmp_path / "strict.yaml"
         strict.write_text("metrics:\n  light.auc.overall: {floor: 0.999, max_drop: 0.0, min_examples: 1}\n")
         monkeypatch.setenv("HAP_GATE_POLICY", str(strict))
         deploy_day_one(ws)
-        states = run_day(GATE_FAIL, ws)
-        decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
+        try:
+            states = run_day(GATE_FAIL, ws)
+            decision = json.loads((run_dir / "decision.json").read_text())
+            promoted = (run_dir / "promotion.json").exists()
+        finally:
+            for name, content in shipped.items():
+                (run_dir / name).write_bytes(content)
         assert "light.auc.overall" in decision["reason"]
+    else:
+        promoted = (run_dir / "promotion.json").exists()
+    assert not promoted
     assert states["gate"] == "success" and states["dag_run"] == "success", states
     assert states["package"] == states["promote"] == states["deploy"] == "skipped", states
     assert not decision["passed"]
-    assert not (ws.run_dir(GATE_FAIL) / "promotion.json").exists()
-    assert [m["version"] for m in Registry(ws).versions() if m["ds"] == GATE_FAIL] == []
+    outcome = day_outcome(ws, GATE_FAIL, states)  # what `hap run-day` says last, and its exit code
+    assert outcome.state == "refused" and outcome.exit_code == 3 and outcome.serving == V1, outcome
+    assert decision["reason"][:60] in outcome.line()
+    assert [m["version"] for m in Registry(ws).versions() if m["ds"] == GATE_FAIL] == registered  # none added
     assert Registry(ws).production()["version"] == server.default_version() == V1
 
 
@@ -143,7 +174,7 @@ def test_the_shipped_policy_judges_the_second_day_against_production(ws, server,
     from registry.gate import DEFAULT_POLICY
 
     shipped = yaml.safe_load(DEFAULT_POLICY.read_text())["metrics"]
-    states = second_day
+    states = second_day.states
     assert states["gate"] == "success" and states["dag_run"] == "success", states
     evaluation = json.loads((ws.run_dir(GATE_FAIL) / "evaluation.json").read_text())
     decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
@@ -173,14 +204,12 @@ def test_the_shipped_policy_judges_the_second_day_against_production(ws, server,
     if decision["passed"]:
         assert states["package"] == states["promote"] == states["deploy"] == "success", states
         version = json.loads((ws.run_dir(GATE_FAIL) / "promotion.json").read_text())["version"]
-        assert version == V2
-        pointer = Registry(ws).production()
-        assert pointer["version"] == server.default_version() == V2 and pointer["previous"] == V1, pointer
-        assert server.predict(sample_request(ws.data, GATE_FAIL, 50)).json()["model_version"] == V2
+        assert version == V2 == second_day.default_version == second_day.answered_by
+        assert second_day.production["version"] == V2 and second_day.production["previous"] == V1, second_day
     else:
         assert states["package"] == states["promote"] == states["deploy"] == "skipped", states
         assert [m["version"] for m in Registry(ws).versions() if m["ds"] == GATE_FAIL] == []
-        assert Registry(ws).production()["version"] == server.default_version() == V1
+        assert second_day.production["version"] == second_day.default_version == second_day.answered_by == V1
 
 
 def test_corrupted_partition_stops_at_validation_and_is_kept(ws, server, day_one_serving, page_text):
@@ -348,6 +377,7 @@ def test_restarted_torchserve_comes_back_serving_production(ws, server, day_one_
 
     server.stop()
     assert not server.is_running()
+    assert server.busy_ports() == []  # stop returns once the JVM is gone, not when its pid file is
     assert main(["--home", str(ws.root), "serve", "start"]) == 0
     assert server.default_version() == Registry(ws).production()["version"] == V1
     assert server.predict(sample_request(ws.data, FIRST, 20)).status_code == 200

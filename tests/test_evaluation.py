@@ -70,7 +70,7 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     sim = SimConfig(n_users=800, n_items=4000, session_beta=4.0)
-    cfg = HapConfig(window_days=1, sim=sim)
+    cfg = HapConfig(window_days=3, sim=sim)  # a window reaching before the log's first day
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, batch_requests=64))
     ws = Workspace.from_env(str(root))
     from samples.simulator import CascadeSimulator
@@ -105,6 +105,9 @@ def test_held_out_rows_encoded_again_with_the_prepared_spec_are_the_shards(tiny_
 
 def test_prepare_writes_the_serving_set_of_held_out_requests(tiny_run):
     cfg, manifest, _, _, holdout, serving, prep = tiny_run
+    # the window's two earlier days have no data: absent, not "skipped for not passing validation"
+    assert manifest["days"] == ["2026-11-22"] and manifest["skipped_days"] == {}
+    assert manifest["absent_days"] == ["2026-11-20", "2026-11-21"]
     assert manifest["serving_requests"] == serving.n_requests == holdout.n_requests > 200
     assert set(serving.request_ids) == set(holdout.request_ids)
     assert (np.diff(serving.offsets) == cfg.sim.retrieval_size).all()  # every retrieved candidate

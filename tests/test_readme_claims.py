@@ -190,7 +190,7 @@ def test_quarantined_window_day_is_skipped_in_training(ws, tmp_path):
     assert ws.validation_status(DAY1) == ws.validation_status(DAY3) == "passed"
     manifest = prepare(str(ws.root), DAY3, cfg, str(tmp_path / "prepared"))
     assert manifest["days"] == [DAY1, DAY3]
-    assert manifest["skipped_days"] == {BAD: "quarantined"}
+    assert manifest["skipped_days"] == {BAD: "quarantined"} and manifest["absent_days"] == []
     assert manifest["train_requests"] > 0
 
 
@@ -291,3 +291,24 @@ def test_hap_request_prints_a_ranked_answer_and_save_writes_the_body(deployed, s
     assert set(body) == {"user", "items"} and len(body["items"]["item_id"]) == 300
     resp = server.predict(body)  # what was saved is a request the server answers
     assert resp.status_code == 200 and resp.json()["n_candidates"] == 300, resp.text
+
+
+# --- README: environment variables ------------------------------------------------------------------
+
+
+def test_every_environment_variable_the_product_reads_is_in_the_readme_table():
+    """The README's table names every ``HAP_*`` variable the product's code reads, and nothing else;
+    every ``orchestration.*`` override of ``hap.config.ENV_OVERRIDES`` is in it."""
+    from hap.config import ENV_OVERRIDES
+
+    root = Path(__file__).resolve().parents[1]
+    packages = ("hap", "hap_runtime", "models", "workflow", "serving", "registry", "expectations", "samples",
+                "components", "dags")  # fmt: skip
+    in_code = {
+        v for p in packages for f in (root / p).rglob("*.py") for v in re.findall(r"HAP_[A-Z0-9_]+", f.read_text())
+    }
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("### Environment variables") :].split("\n\n")[2]
+    in_table = set(re.findall(r"`(HAP_[A-Z0-9_]+)`", table))
+    assert in_code == in_table, (sorted(in_code - in_table), sorted(in_table - in_code))
+    assert set(ENV_OVERRIDES) <= in_table

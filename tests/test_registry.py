@@ -31,6 +31,13 @@ def test_production_pointer_remembers_previous(workspace, tmp_path):
     reg.set_production(v1, "first")
     pointer = reg.set_production(v2, "second")
     assert pointer["previous"] == v1 and reg.production()["version"] == v2
+    # a redeploy of the serving version keeps the pointer (and its rollback target) and is on the audit trail
+    assert reg.set_production(v2, "redeploy by on-call") == pointer
+    events = [json.loads(line) for line in (reg.root / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["set_production", "set_production", "redeploy"]
+    assert (
+        events[-1]["version"] == v2 and events[-1]["previous"] == v1 and events[-1]["reason"] == "redeploy by on-call"
+    )
     with pytest.raises(KeyError):
         reg.set_production("19990101.1", "nope")
 

@@ -50,7 +50,7 @@ def server(ws, free_port_block):
     assert server.start() is True
     yield server
     server.stop()
-    assert server.pid() is None and server.keeper_pid() is None
+    assert server.pid() is None and server.keeper_pid() is None and server.busy_ports() == []
 
 
 @pytest.fixture

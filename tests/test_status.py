@@ -89,12 +89,16 @@ def test_status_shows_runs_quarantines_and_only_unanswered_alerts(ws, monkeypatc
     assert [r["ds"] for r in status["runs"]] == ["2026-11-22", "2026-11-21", "2026-11-20"]
     assert runs["2026-11-20"]["state"] == "success" and runs["2026-11-20"]["summary"] == "serving 20261120.1"
     assert runs["2026-11-21"]["state"] == "failed" and "failed at validate" in runs["2026-11-21"]["summary"]
-    assert runs["2026-11-22"]["state"] == "stopped" and "gate FAIL" in runs["2026-11-22"]["summary"]
+    assert runs["2026-11-22"]["state"] == "refused" and "gate FAIL" in runs["2026-11-22"]["summary"]
     assert status["quarantined"] == [{"ds": "2026-11-21", "status": "quarantined", "report": None,
                                       "first_failure": "candidates: click not in {0,1}: 2"}]  # fmt: skip
     assert [(a["task_id"], a["ds"]) for a in status["alerts"]] == [("deploy", "2026-11-20")]
-    assert exit_code(status) == 1 and status["attention"] == ["no production version: nothing has been deployed",
-                                                              "1 open alert(s)"]  # fmt: skip
+    assert exit_code(status) == 1 and status["attention"] == [
+        "no production version: nothing has been deployed",
+        "1 day(s) refused by the gate since the last accepted one (newest ds=2026-11-22: light.auc.rank); "
+        "serving unchanged: docs/runbook.md#the-gate-refused-a-day-or-the-day-ships-k--0",
+        "1 open alert(s)",
+    ]
     text = render(status)
     assert "2026-11-22  ok" in text and "FAIL" in text and "click not in {0,1}: 2" in text
     assert "deploy ds=2026-11-20: roll back" in text
@@ -129,3 +133,50 @@ def test_hap_status_cli_json_and_exit_codes(ws, monkeypatch):
     proc = hap("status")
     assert proc.returncode == 1 and "NOT RUNNING" in proc.stdout and "TorchServe is not serving" in proc.stdout
     assert hap("status", "--runs", "many").returncode == 2
+
+
+def test_refusals_in_a_row_alert_once_stay_listed_and_a_later_accepted_day_answers_them(ws, monkeypatch):
+    """A refused day is its own state (not success): `run-day` exits 3 and says so in one line,
+    `hap status` lists the refusals since the last accepted day under NEEDS ATTENTION, the second
+    refusal in a row (``orchestration.refusal_alert_after``) alerts once, and a later accepted day
+    answers all of it."""
+    from workflow.flow import alert_on_refusals
+    from workflow.status import EXIT_REFUSED, day_outcome
+
+    ran = {"validate": "success", "train": "success", "gate": "success", "package": "skipped", "dag_run": "success"}
+    _run(ws, "2026-11-20", "r1", monkeypatch, {"validate": "ok", "train": "ok", "gate": "PASS — all rules hold",
+                                               "package": "20261120.1", "promote": "deploy — newest",
+                                               "deploy": "serving 20261120.1"})  # fmt: skip
+    _run(ws, "2026-11-21", "r2", monkeypatch, {"validate": "ok", "train": "ok", "gate": "FAIL — light.auc.expose"})
+    assert alert_on_refusals("2026-11-21", ws, "light.auc.expose", after=2) is None  # the first: no alert yet
+    outcome = day_outcome(ws, "2026-11-21", ran)
+    assert outcome.state == "refused" and outcome.exit_code == EXIT_REFUSED == 3
+    assert outcome.line() == (
+        "ds=2026-11-21: REFUSED — gate FAIL — light.auc.expose; serving unchanged (now serving: nothing)"
+    )
+    assert day_outcome(ws, "2026-11-20", ran | {"package": "success"}).exit_code == 0
+    assert day_outcome(ws, "2026-11-20", ran | {"dag_run": "failed", "deploy": "failed"}).exit_code == 1
+
+    # a quarantined day in between neither accepts nor refuses
+    _run(ws, "2026-11-22", "r3", monkeypatch, {"validate": RuntimeError("DATA FAILED VALIDATION")})
+    _run(ws, "2026-11-23", "r4", monkeypatch, {"validate": "ok", "train": "ok", "gate": "FAIL — system.value"})
+    alert = alert_on_refusals("2026-11-23", ws, "system.value", after=2)
+    assert (
+        alert is not None and alert["kind"] == "gate_refused" and alert["refused_days"] == ["2026-11-23", "2026-11-21"]
+    )
+    assert "#the-gate-refused-a-day" in alert["hint"] and alert["error"] == "system.value"
+    assert alert_on_refusals("2026-11-23", ws, "system.value", after=2) is None  # a re-gate: once per day
+    assert alert_on_refusals("2026-11-23", ws, "system.value", after=0) is None  # 0 turns it off
+    status = collect(ws, live=False)
+    assert [(a["kind"], a["ds"]) for a in status["alerts"]] == [("gate_refused", "2026-11-23")]
+    assert any(a.startswith("2 day(s) refused by the gate since the last accepted one (newest ds=2026-11-23")
+               for a in status["attention"]), status["attention"]  # fmt: skip
+    assert "REFUSED: gate FAIL — system.value; serving unchanged" in render(status)
+    long = "light.auc.expose: dropped 0.0412 > 0.02 vs production (0.6610), 95% interval [-0.061, -0.020]"
+    _run(ws, "2026-11-23", "r4b", monkeypatch, {"gate": f"FAIL — {long}; {long}; system.value: below 0"})
+    summary = collect(ws, live=False)["runs"][0]["summary"]
+    assert summary == f"gate FAIL — {long} (+2 more); serving unchanged", summary  # whole, never cut mid-figure
+
+    _run(ws, "2026-11-24", "r5", monkeypatch, {"validate": "ok", "train": "ok", "gate": "PASS — all rules hold"})
+    status = collect(ws, live=False)
+    assert status["alerts"] == [] and not any("refused" in a for a in status["attention"]), status["attention"]

@@ -89,13 +89,16 @@ def run_day(ds: str, ws: Workspace | None = None, conf: dict | None = None) -> d
     return states
 
 
-def run_day_subprocess(ds: str, ws: Workspace, log_file: Path, conf: dict | None = None) -> dict[str, str]:
-    """The same, in a child process whose (verbose) Airflow log goes to ``log_file``."""
+def run_day_subprocess(
+    ds: str, ws: Workspace, log_file: Path, conf: dict | None = None, wait: bool = False
+) -> dict[str, str]:
+    """The same, in a child process whose (verbose) Airflow log goes to ``log_file``; ``wait``: run
+    even before the day's data has landed (the DAG's sensor waits for it)."""
     import json
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **airflow_env(ws)}
-    with log_file.open("w") as out:
+    with log_file.open("w") as out:  # everything the child prints, in order: the task states are its last JSON line
         proc = subprocess.run(
             [
                 sys.executable,
@@ -105,20 +108,26 @@ def run_day_subprocess(ds: str, ws: Workspace, log_file: Path, conf: dict | None
                 "--ds",
                 ds,
                 "--json",
+                *(["--wait"] if wait else []),
                 *(["--conf", json.dumps(conf)] if conf else []),
             ],  # fmt: skip
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=out,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             text=True,
         )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(
-            f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}:\n"
-            + _cli_output(proc, log_file.read_text(errors="replace"))
-        )
-    return json.loads(lines[-1])
+    output = log_file.read_text(errors="replace")
+    for line in reversed(output.splitlines()):
+        if line.startswith('{"'):
+            try:
+                states = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(states, dict) and "dag_run" in states:
+                return states
+    raise RuntimeError(
+        f"DAG run for ds={ds} produced no result (exit {proc.returncode}); see {log_file}:\n" + _tail(output, 40)
+    )
 
 
 class StandaloneAirflow:

@@ -104,7 +104,8 @@ def cmd_step(args: argparse.Namespace) -> int:
 def cmd_run_day(args: argparse.Namespace) -> int:
     # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from hap.contract import partition_ready
-    from workflow.airflow_local import run_day
+    from workflow.airflow_local import run_day, run_day_subprocess
+    from workflow.status import day_outcome
 
     try:
         conf = json.loads(args.conf) if args.conf else None
@@ -118,9 +119,20 @@ def cmd_run_day(args: argparse.Namespace) -> int:
             f"no data for ds={args.ds} under {ws.data} (both requests and candidates partitions are needed); "
             "pass --wait to let the DAG's sensor wait for it"
         )
-    states = run_day(args.ds, ws, conf=conf)
-    print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
-    return 0 if states["dag_run"] == "success" else 1
+    if args.json or args.verbose:  # in this process: Airflow's, GX's and KFP's output on this terminal
+        states = run_day(args.ds, ws, conf=conf)
+        print(json.dumps(states) if args.json else "\n".join(f"{k}: {v}" for k, v in states.items()))
+    else:  # quiet: the frameworks' output goes to the day's log file, this terminal gets the summary
+        log_file = ws.airflow / "logs" / f"dag_test_{args.ds}.log"
+        print(f"running DAG hap_daily for ds={args.ds} (Airflow, GX and KFP output: {log_file}; -v shows it here)")
+        try:
+            states = run_day_subprocess(args.ds, ws, log_file, conf=conf, wait=args.wait)
+        except RuntimeError as exc:  # the run gave no result (Airflow broke): its log says why
+            raise StepRefused(str(exc)) from exc
+        print("steps: " + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run"))
+    outcome = day_outcome(ws, args.ds, states)
+    print(outcome.line(), file=sys.stderr if args.json else sys.stdout)
+    return outcome.exit_code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -232,12 +244,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from hap.contract import partition_ready
     from hap.progress import progress
     from workflow.airflow_local import run_day_subprocess
+    from workflow.status import EXIT_FAILED, EXIT_REFUSED, day_outcome
 
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     if end < start:
         raise StepRefused(f"--to {args.end} is before --from {args.start}")
     days = [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-    ws, failed = _ws(args), []
+    ws, failed, refused = _ws(args), [], []
     conf = {"window_days": args.window_days} if args.window_days else None
     with progress(total=len(days), desc="backfill", unit="day") as bar:
         for ds in days:
@@ -251,12 +264,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                     states = {"dag_run": "not run", "why": str(exc).splitlines()[0][:300]}
             if states["dag_run"] != "success":
                 failed.append(ds)
+            elif day_outcome(ws, ds, states).state == "refused":
+                refused.append(ds)
             print(f"{ds}: {states['dag_run']} (" + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run")
                   + (f"; Airflow log {log_file})" if ran else ")"))  # fmt: skip
             bar.update(1, last=f"{ds} {states['dag_run']}")
     print(f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {len(days) - len(failed)} succeeded"
+          + (f", refused by the gate (serving unchanged): {', '.join(refused)}" if refused else "")
           + (f", failed: {', '.join(failed)} (hap status; runbook: rerun one day)" if failed else ""))  # fmt: skip
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_REFUSED if refused else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -387,7 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ds", required=True)
     s.add_argument("--wait", action="store_true", help="run even if the day's data has not landed (the sensor waits)")
     s.add_argument("--conf", help="DAG params as JSON, e.g. '{\"skip_deploy\": true}'")
-    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="the task states as one JSON line, the last of stdout (in this process, like -v)",
+    )
+    s.add_argument(
+        "-v", "--verbose", action="store_true", help="the frameworks' output here, not in the day's log file"
+    )
     s.set_defaults(func=cmd_run_day)
 
     s = sub.add_parser("serve", help="start/stop/status of the local TorchServe")

@@ -199,7 +199,35 @@ def gate(
     run_dir = Path(run_dir) if run_dir else ws.run_dir(ds)
     if not (run_dir / "evaluation.json").exists():
         raise StepRefused(f"ds={ds} has no evaluation ({run_dir / 'evaluation.json'}); run `hap train` first")
-    return gate_run(run_dir, cfg.orchestration.gate_policy or None)
+    decision = gate_run(run_dir, cfg.orchestration.gate_policy or None)
+    if not decision["passed"]:
+        alert_on_refusals(ds, ws, decision["reason"], cfg.orchestration.refusal_alert_after)
+    return decision
+
+
+def alert_on_refusals(ds: str, ws: Workspace, reason: str, after: int) -> dict[str, Any] | None:
+    """Alert when ``ds``'s refusal is the ``after``-th in a row since the last accepted day (0: never);
+    once per day: a re-gate of a day already alerted for adds nothing. Returns the alert, if one."""
+    # deferred: alerts and status read records only when a day is refused
+    from workflow.alerts import notify
+    from workflow.status import RUNBOOK_REFUSED, open_alerts, refused_since_accepted
+
+    refused = [ds] + [r["ds"] for r in refused_since_accepted(ws, before=ds)]
+    if after <= 0 or len(refused) < after:
+        return None
+    if any(a.get("kind") == "gate_refused" and a.get("ds") == ds for a in open_alerts(ws)):
+        return None
+    return notify(
+        {
+            "kind": "gate_refused",
+            "task_id": "gate",
+            "ds": ds,
+            "refused_days": refused,
+            "error": reason[:2000],
+            "hint": f"{len(refused)} days in a row refused by the gate, serving unchanged: {RUNBOOK_REFUSED}",
+        },
+        ws,
+    )
 
 
 @step("package", lambda version: f"version {version}")

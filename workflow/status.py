@@ -10,14 +10,49 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from hap.workspace import Workspace, read_json_object
 from registry.store import Registry
 from workflow import runlog
 
+RUNBOOK_REFUSED = "docs/runbook.md#the-gate-refused-a-day-or-the-day-ships-k--0"
 # ``hap status`` exit codes (README: exit codes).
 EXIT_OK, EXIT_ATTENTION, EXIT_ERROR = 0, 1, 3
+# ``hap run-day`` / ``hap backfill`` exit codes: a refusal is not a success, nor a failure.
+EXIT_FAILED, EXIT_REFUSED = 1, 3
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    """What one day's DAG run came to, in one line: its state (``run_summary``'s, or ``failed`` when
+    the DAG run failed before any step was recorded), why, and which version serves after it."""
+
+    ds: str
+    dag_run: str
+    state: str
+    summary: str
+    serving: str | None
+
+    @property
+    def exit_code(self) -> int:
+        if self.dag_run != "success" or self.state in ("failed", "interrupted"):
+            return EXIT_FAILED
+        return EXIT_REFUSED if self.state == "refused" else EXIT_OK
+
+    def line(self) -> str:
+        return f"ds={self.ds}: {self.state.upper()} — {self.summary} (now serving: {self.serving or 'nothing'})"
+
+
+def day_outcome(ws: Workspace, ds: str, states: dict[str, str]) -> DayOutcome:
+    """The outcome of ``ds``'s run that just ended with task ``states`` (its step records say why)."""
+    state, summary = run_summary(runlog.read(ws, ds))
+    if states.get("dag_run") != "success" and state not in ("failed", "interrupted"):
+        stuck = [t for t, v in states.items() if v not in ("success", "skipped") and t != "dag_run"]
+        state, summary = "failed", f"DAG run {states.get('dag_run')}: " + (", ".join(stuck) or "no task ran")
+    pointer = Registry(ws).production()
+    return DayOutcome(ds, str(states.get("dag_run")), state, summary, pointer["version"] if pointer else None)
 
 
 def report_link(ws: Workspace, ds: str) -> str | None:
@@ -73,8 +108,10 @@ def live_check(ws: Workspace) -> dict[str, Any]:
 
 
 def run_summary(record: dict[str, Any]) -> tuple[str, str]:
-    """(state, one line) of a day's run: ``failed``/``interrupted``/``running``/``stopped``/``success``.
-    The ``report`` step is left out: it describes the run, it is not part of its result."""
+    """(state, one line) of a day's run: ``failed``/``interrupted``/``running``/``refused`` (the gate
+    said FAIL: serving unchanged)/``stopped`` (promotion kept it from deploying: a backfill, or
+    ``skip_deploy``)/``success``. The ``report`` step is left out: it describes the run, it is not
+    part of its result."""
     steps = {n: s for n, s in record.get("steps", {}).items() if n != "report" and isinstance(s, dict)}
     for name in runlog.STEPS:
         s = steps.get(name)
@@ -89,7 +126,7 @@ def run_summary(record: dict[str, Any]) -> tuple[str, str]:
             return "running", f"running {name} since {s.get('started')}"
     gate = str(steps.get("gate", {}).get("outcome") or "")
     if gate.startswith("FAIL"):
-        return "stopped", f"gate {gate[:160]}; serving unchanged"
+        return "refused", f"gate FAIL — {first_reason(gate[7:])}; serving unchanged"
     promote = str(steps.get("promote", {}).get("outcome") or "")
     if promote.startswith("stop"):
         return "stopped", f"not deployed: {promote[7:][:160]}"
@@ -108,6 +145,38 @@ def runs(ws: Workspace, n: int) -> list[dict[str, Any]]:
                  for name in runlog.STEPS if name in record["steps"]}  # fmt: skip
         out.append({"ds": ds, "state": state, "summary": summary, "run_id": record.get("run_id"), "steps": steps,
                     "report": report_link(ws, ds)})  # fmt: skip
+    return out
+
+
+def first_reason(reasons: str, width: int = 160) -> str:
+    """The first of a gate's ``"; "``-joined reasons, whole (or cut at a word with "…" past ``width``),
+    and how many more there are: a summary cell never ends mid-figure."""
+    parts = [p for p in reasons.split("; ") if p] or ["no reason recorded"]
+    first = parts[0] if len(parts[0]) <= width else parts[0][:width].rsplit(" ", 1)[0] + "…"
+    return first + (f" (+{len(parts) - 1} more)" if len(parts) > 1 else "")
+
+
+def gate_verdict(record: dict[str, Any]) -> str | None:
+    """``PASS``/``FAIL`` of a day's last recorded gate step; None when no gate step finished."""
+    gate = record.get("steps", {}).get("gate")
+    outcome = str(gate.get("outcome") or "") if isinstance(gate, dict) and gate.get("state") == "success" else ""
+    return outcome[:4] if outcome[:4] in ("PASS", "FAIL") else None
+
+
+def refused_since_accepted(ws: Workspace, before: str | None = None) -> list[dict[str, Any]]:
+    """The days the gate refused since the newest day it accepted (newest first; only days before
+    ``before`` when given). Days whose run stopped before the gate (a quarantine, a failure) neither
+    accept nor refuse: they are passed over."""
+    out = []
+    for ds in runlog.days(ws):
+        if before is not None and ds >= before:
+            continue
+        record = runlog.read(ws, ds)
+        verdict = gate_verdict(record)
+        if verdict == "PASS":
+            break
+        if verdict == "FAIL":
+            out.append({"ds": ds, "reason": first_reason(str(record["steps"]["gate"].get("outcome") or "")[7:])})
     return out
 
 
@@ -181,6 +250,9 @@ def open_alerts(ws: Workspace) -> list[dict[str, Any]]:
             else:
                 answered = any(d >= ds and n == task and e.get("state") == "success" and _after(e, "ended", at)
                                for d, n, e in seen)  # fmt: skip
+        elif alert.get("kind") == "gate_refused" and ds:  # answered by a later accepted day
+            answered = any(d >= ds and n == "gate" and str(e.get("outcome") or "").startswith("PASS")
+                           and _after(e, "ended", at) for d, n, e in seen)  # fmt: skip
         elif alert.get("kind") == "deadline_missed":
             answered = any(e.get("run_id") == alert.get("run_id") and _after(e, "ended", at) for _, _, e in seen)
         else:
@@ -214,6 +286,13 @@ def collect(ws: Workspace, n_runs: int = 7, live: bool = True) -> dict[str, Any]
             attention.append(f"TorchServe's default is {check.get('default')}, the registry says {prod['version']}")
     if status["runs"] and status["runs"][0]["state"] in ("failed", "interrupted"):
         attention.append(f"the latest run (ds={status['runs'][0]['ds']}) {status['runs'][0]['summary']}")
+    refused = refused_since_accepted(ws)
+    if refused:
+        newest = refused[0]
+        attention.append(
+            f"{len(refused)} day(s) refused by the gate since the last accepted one (newest ds={newest['ds']}: "
+            f"{newest['reason']}); serving unchanged: {RUNBOOK_REFUSED}"
+        )
     if n_alerts:
         attention.append(f"{n_alerts} open alert(s)" + (" (the newest 20 shown)" if n_alerts > 20 else ""))
     status["attention"] = attention
