@@ -104,6 +104,7 @@ def cmd_step(args: argparse.Namespace) -> int:
 def cmd_run_day(args: argparse.Namespace) -> int:
     # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from hap.contract import partition_ready
+    from workflow import runlog
     from workflow.airflow_local import run_day, run_day_subprocess
     from workflow.status import day_outcome
 
@@ -129,7 +130,11 @@ def cmd_run_day(args: argparse.Namespace) -> int:
             states = run_day_subprocess(args.ds, ws, log_file, conf=conf, wait=args.wait)
         except RuntimeError as exc:  # the run gave no result (Airflow broke): its log says why
             raise StepRefused(str(exc)) from exc
-        print("steps: " + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run"))
+        order = ["wait_for_partition", *runlog.STEPS]  # the DAG's order, not Airflow's alphabetical one
+        tasks = sorted(
+            (k for k in states if k != "dag_run"), key=lambda k: order.index(k) if k in order else len(order)
+        )
+        print("steps: " + ", ".join(f"{k}={states[k]}" for k in tasks))
     outcome = day_outcome(ws, args.ds, states)
     print(outcome.line(), file=sys.stderr if args.json else sys.stdout)
     return outcome.exit_code
