@@ -26,12 +26,13 @@ SHOWN = ("light.auc.overall", "light.auc.rank", "expressive.auc.rank", "system.v
 
 
 def run_day(ws: Workspace, ds: str, cfg: HapConfig, production: str, out: Path) -> dict:
-    """The training pipeline's steps for one day (prepare, light, expressive from light, evaluate)."""
+    """The training pipeline's steps for one day (prepare, light, expressive from light, evaluate);
+    ``production`` is also the anchor (the first accepted run), replayed on the day's requests."""
     prepare(str(ws.root), ds, cfg, str(out / "prep"))
     train_worker(str(out / "prep"), "light", cfg, str(out / "light"))
     train_worker(str(out / "prep"), "expressive", cfg, str(out / "expressive"), init_dir=str(out / "light"))
     return evaluate(str(out / "prep"), str(out / "light"), str(out / "expressive"), production, cfg,
-                    str(out / "evaluation.json"))  # fmt: skip
+                    str(out / "evaluation.json"), production)  # fmt: skip
 
 
 def main() -> None:
@@ -53,9 +54,7 @@ def main() -> None:
             day1 = run_day(ws, DAY1, cfg, "", first)
             second = Path(tmp) / f"e{epochs}" / DAY2
             day2 = run_day(ws, DAY2, cfg, str(first), second)
-            # what the flow adds before the gate: production's version and the first accepted run
-            day2.update(production_version="day1", first_accepted={"version": "day1", "ds": DAY1,
-                                                                   "metrics": day1["candidate"]})  # fmt: skip
+            day2.update(production_version="day1")  # what the flow adds before the gate
             (second / "evaluation.json").write_text(json.dumps(day2))
             decision = gate_run(second)  # the shipped policy
             cells = []

@@ -1,4 +1,5 @@
-"""KFP component ``evaluate``: candidate vs production on held-out requests; K chosen (``models.evaluation``)."""
+"""KFP component ``evaluate``: candidate vs production and the anchor on the same held-out requests; K chosen
+(``models.evaluation``)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -15,8 +16,9 @@ def evaluate_op(
     config_json: str,
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
+    anchor_dir: str = "",
 ):
-    """Score the candidate pair and production on the same held-out requests and choose K.
+    """Score the candidate pair, production and the anchor on the same held-out requests and choose K.
 
     Args:
         prepared: The ``prepare`` component's folder (``holdout/`` and ``serving/`` views).
@@ -25,6 +27,8 @@ def evaluate_op(
         production_dir: The serving version's registry folder as this container sees it, or ``""``
             when nothing serves yet (the gate then judges on floors alone).
         config_json: The run's ``HapConfig`` as JSON (``eval``, ``routing``).
+        anchor_dir: The first accepted version's registry folder as this container sees it, or ``""``
+            before any was accepted: replayed on the same requests for the gate's relative floors.
         evaluation: Output ``evaluation.json``: slice AUCs, the system metric over K, the chosen K,
             production's figures and paired-bootstrap intervals of the differences.
         metrics: The candidate's scalar metrics, for the KFP UI.
@@ -36,7 +40,7 @@ def evaluate_op(
     from models.evaluation import evaluate
 
     cfg = HapConfig.from_json(config_json)
-    result = evaluate(prepared.path, light.path, expressive.path, production_dir, cfg, evaluation.path)
+    result = evaluate(prepared.path, light.path, expressive.path, production_dir, cfg, evaluation.path, anchor_dir)
     for name, value in result["candidate"].items():
         if isinstance(value, float) and not math.isnan(value):
             metrics.log_metric(name, value)

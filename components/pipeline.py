@@ -38,7 +38,9 @@ def build_pipeline(job: TrainJobConfig = TrainJobConfig()):  # noqa: B008 - a fr
         return task.set_container_image(job.image).set_caching_options(False)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="HAP light + expressive models for one day's window")
-    def hap_training(workspace_root: str, ds: str, config_json: str, production_dir: str = "") -> TrainingOutputs:
+    def hap_training(
+        workspace_root: str, ds: str, config_json: str, production_dir: str = "", anchor_dir: str = ""
+    ) -> TrainingOutputs:
         prep = on_cluster(prepare_op(workspace_root=workspace_root, ds=ds, config_json=config_json))
         light = on_cluster(train_light_op(prepared=prep.outputs["prepared"], config_json=config_json))
         expressive = on_cluster(
@@ -53,6 +55,7 @@ def build_pipeline(job: TrainJobConfig = TrainJobConfig()):  # noqa: B008 - a fr
                 expressive=expressive.outputs["model"],
                 production_dir=production_dir,
                 config_json=config_json,
+                anchor_dir=anchor_dir,
             )
         )
         return TrainingOutputs(

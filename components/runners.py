@@ -44,11 +44,16 @@ def publish(sources: dict[str, str], run_dir: str | Path, fs=None) -> dict:
     return {"run_dir": str(run_dir), "light": str(run_dir / "light"), "expressive": str(run_dir / "expressive")}
 
 
-def run_local(workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir: str | Path) -> dict:
+def run_local(
+    workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir: str | Path, anchor_dir: str = ""
+) -> dict:
     """Run the pipeline with the KFP local subprocess runner and publish its artifacts to ``run_dir``."""
     pipeline_root = Path(workspace_root) / "kfp"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    task = hap_training(workspace_root=workspace_root, ds=ds, config_json=config_json, production_dir=production_dir)
+    task = hap_training(
+        workspace_root=workspace_root, ds=ds, config_json=config_json, production_dir=production_dir,
+        anchor_dir=anchor_dir,
+    )  # fmt: skip
     out = publish({name: task.outputs[name.split(".")[0]].path for name in PUBLISHED.values()}, run_dir)
     # the runner's own per-run copies are scratch: drop them so reruns do not pile up
     shutil.rmtree(Path(task.outputs["light"].path).parents[1], ignore_errors=True)
@@ -82,7 +87,9 @@ def in_volume(path: str, workspace_root: str, mount: str) -> str:
     return str(PurePosixPath(mount) / rel.as_posix())
 
 
-def run_cluster(cfg: HapConfig, workspace_root: str, ds: str, production_dir: str, run_dir) -> dict:
+def run_cluster(
+    cfg: HapConfig, workspace_root: str, ds: str, production_dir: str, run_dir, anchor_dir: str = ""
+) -> dict:
     """Compile the pipeline for ``cfg.job`` (image, workspace volume), submit it to the Kubeflow
     Pipelines API at ``cfg.kfp.host``, wait for it and publish its artifacts to ``run_dir``.
 
@@ -99,7 +106,8 @@ def run_cluster(cfg: HapConfig, workspace_root: str, ds: str, production_dir: st
     run = client.create_run_from_pipeline_package(
         str(package),
         arguments={"workspace_root": mount, "ds": ds, "config_json": cfg.to_json(),
-                   "production_dir": in_volume(production_dir, workspace_root, mount)},
+                   "production_dir": in_volume(production_dir, workspace_root, mount),
+                   "anchor_dir": in_volume(anchor_dir, workspace_root, mount)},
         run_name=f"hap-daily-{ds}",
         experiment_name=kfp_cfg.experiment,
         pipeline_root=kfp_cfg.pipeline_root,

@@ -81,8 +81,8 @@ Runbook: *Inspect a failed validation*.""",
 model on the hard sources); the log shows each epoch's progress, loss and samples/s. Writes
 `$HAP_HOME/runs/ds=<ds>/` (models, `evaluation.json`, `lineage.json`: code revision, config hash, partition
 fingerprints, library versions).""",
-    "gate": """Judges the run on AUC per difficulty slice vs production and the first accepted run, and on routing
-(`configs/gate_policy.yaml`). A FAIL skips package/promote/deploy: serving is unchanged.
+    "gate": """Judges the run on AUC per difficulty slice vs production and the first accepted version, both replayed
+on the day's held-out requests (paired deltas), and on routing (`configs/gate_policy.yaml`). A FAIL skips package/promote/deploy: serving is unchanged.
 Look at: `$HAP_HOME/runs/ds=<ds>/decision.md` and the report's *Gate* section.""",
     "package": """Registers the gated run as a version (`$HAP_HOME/registry/versions/<version>/`, manifest with
 lineage) and builds its TorchServe archive.""",

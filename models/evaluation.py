@@ -231,6 +231,7 @@ def assess(
         metrics.update(margins)
         intervals.update(margin_ci)
 
+    replayed = k is not None  # a reference judged at the K it serves: no curve to draw, no K to choose
     if k is None and not ev.select_k:
         k = cfg.routing.k
     if serving is not None and serving.n_requests:
@@ -240,6 +241,7 @@ def assess(
     off = data.offsets
     n = int(np.median(np.diff(off))) if data.n_requests else 0
     grid = tuple(sorted({g for g in grid if g < n} | ({min(k, n)} if k is not None else set())))
+    grid = (min(k, n),) if replayed else grid  # light alone (K = 0) and the K served
     top = max(grid, default=0)
     if view == "serving":
         light_s, expr_s = _score_top(light_model, expr_model, data, top)
@@ -286,11 +288,55 @@ def held_out_views(prepared: Path, spec, cfg: HapConfig):
     return holdout, read_serving_set(prepared, holdout, spec), raw
 
 
+def _reference_k(ref: Path, cfg: HapConfig) -> int:
+    """The K a registered version serves: the one its own evaluation chose, else the configured one."""
+    path = ref / "evaluation.json"
+    k = json.loads(path.read_text()).get("routing", {}).get("k") if path.exists() else None
+    return cfg.routing.k if k is None else int(k)
+
+
+@dataclass
+class _Candidate:
+    """The candidate pair as evaluation scored it: what a replayed reference is compared with."""
+
+    models: tuple
+    holdout: EncodedData
+    serving: EncodedData | None
+    raw: object  # the held-out raw rows (pyarrow Table), for each model's own encoding
+    per_request: np.ndarray  # the system metric per held-out request at the candidate's K
+
+
+def replay(ref: Path, cand: _Candidate, prepared: Path, cfg: HapConfig) -> dict:
+    """A registered version (production, or the first accepted one: the anchor) scored again on the
+    run day's held-out requests, through its own fitted transforms and at its own K, and every
+    difference with the candidate as a paired-bootstrap interval on the same requests. Its figures are
+    never read from the record of the day it was trained on."""
+    models = load_pair(ref / "light", ref / "expressive")
+    if models[0].spec != cand.models[0].spec:  # the reference's own fitted transforms, on the same rows
+        r_holdout, r_serving, _ = held_out_views(prepared, models[0].spec, cfg)
+    else:
+        r_holdout, r_serving = cand.holdout, cand.serving
+    r_baselines = baseline_scores(cand.raw, models[0].spec, prepared)  # the same rows: the same scores
+    metrics, _, _, per_request = assess(
+        *models, r_holdout, r_serving, cfg, k=_reference_k(ref, cfg), baselines=r_baselines
+    )
+    deltas = paired_bootstrap(
+        cand.models, models, cand.holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap, production_data=r_holdout
+    )
+    deltas = {key.replace("system.", "logged."): v for key, v in deltas.items()}
+    deltas["system.value"] = bootstrap_mean_ci(cand.per_request - per_request, cfg.eval.bootstrap)
+    manifest = ref / "manifest.json"  # a registry version names itself; a bare model folder does not
+    names = json.loads(manifest.read_text()) if manifest.exists() else {}
+    return {"version": names.get("version"), "ds": names.get("ds"), "metrics": metrics, "delta_ci95": deltas}
+
+
 def evaluate(
-    prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str
-) -> dict:
-    """Score candidate and production models on the same held-out requests of the run's day, choose
-    the candidate's K (``models.evaluation``), and compare with production at its own K."""
+    prepared_dir: str, light_dir: str, expressive_dir: str, production_dir: str, cfg: HapConfig, out_path: str,
+    anchor_dir: str = "",
+) -> dict:  # fmt: skip
+    """Score the candidate pair on the held-out requests of the run's day and choose its K
+    (``models.evaluation``); replay production and the anchor (the first accepted version) on the same
+    requests, each at its own K, with paired intervals of every difference (``replay``)."""
     prepared = Path(prepared_dir)
     light, expressive = load_pair(Path(light_dir), Path(expressive_dir))
     holdout, serving, raw = held_out_views(prepared, light.spec, cfg)
@@ -311,28 +357,17 @@ def evaluate(
         "routing": routing,
         "baselines": baselines_summary,
         "production": None,
+        "first_accepted": None,
     }
-    if production_dir:
-        prod = Path(production_dir)
-        prod_models = load_pair(prod / "light", prod / "expressive")
-        if prod_models[0].spec != light.spec:  # production's own fitted transforms, on the same rows
-            p_holdout, p_serving, _ = held_out_views(prepared, prod_models[0].spec, cfg)
-        else:
-            p_holdout, p_serving = holdout, serving
-        prod_eval = prod / "evaluation.json"
-        prod_k = json.loads(prod_eval.read_text()).get("routing", {}).get("k") if prod_eval.exists() else None
-        prod_k = cfg.routing.k if prod_k is None else int(prod_k)
-        p_baselines = baseline_scores(raw, prod_models[0].spec, prepared)  # the same rows: the same scores
-        p_metrics, _, _, p_per_request = assess(
-            *prod_models, p_holdout, p_serving, cfg, k=prod_k, baselines=p_baselines
-        )
-        result["production"] = p_metrics
-        deltas = paired_bootstrap(
-            (light, expressive), prod_models, holdout, cfg.eval.k, cfg.eval.m, cfg.eval.bootstrap,
-            production_data=p_holdout,
-        )  # fmt: skip
-        deltas = {key.replace("system.", "logged."): v for key, v in deltas.items()}
-        deltas["system.value"] = bootstrap_mean_ci(per_request - p_per_request, cfg.eval.bootstrap)
-        result["delta_ci95"] = deltas
+    cand = _Candidate((light, expressive), holdout, serving, raw, per_request)
+    replayed: dict[Path, dict] = {}
+    for key, ref in (("production", production_dir), ("first_accepted", anchor_dir)):
+        if ref:
+            ref = Path(ref).resolve()
+            replayed[ref] = replayed.get(ref) or replay(ref, cand, prepared, cfg)  # the anchor may be production
+            result[key] = replayed[ref]
+    if result["production"] is not None:  # the gate's long-standing fields: production's figures and deltas
+        result["delta_ci95"] = result["production"]["delta_ci95"]
+        result["production"] = result["production"]["metrics"]
     write_json_atomic(Path(out_path), result)
     return result

@@ -1,11 +1,16 @@
-"""Promotion gate: per-slice drops vs production and vs the first accepted run (TFX Evaluator
-style), and rules that make routing earn its place.
+"""Promotion gate: per-slice drops vs production and vs the first accepted version (the anchor),
+both replayed on today's held-out requests (TFX Evaluator style), and rules that make routing earn
+its place.
 
-Floors are relative — to production (paired-bootstrap intervals on the same held-out requests) or
-to the first accepted run — apart from "better than chance" (AUC 0.5), so no number is tuned to one
-world. Routing rules: the two-stage system must not be below the light model alone, and when it
-routes (K > 0) the expressive model must not be below light on its own scope, both judged by the
-paired 95% interval. The decision and every number behind it are written as JSON and Markdown.
+Every comparison is paired: production's and the anchor's models are scored on the candidate's own
+held-out requests (``models.evaluation.replay``), and a drop beyond its limit fails only when the
+paired-bootstrap 95% interval of the difference lies below zero. No rule compares figures computed on
+other requests or days. Floors are relative apart from "better than chance" (AUC 0.5), so no number
+is tuned to one world. Each rule has a role: the hard slices and the system metric ``decide`` with
+tight limits; the easy slices are ``sanity`` floors with wide ones. Routing rules: the two-stage system
+must not be below the light model alone, and when it routes (K > 0) the expressive model must not be
+below light on its own scope. The decision, every number behind it and the policy's reasoning are
+written as JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from hap.lineage import file_hash
 from hap.workspace import write_json_atomic
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "configs" / "gate_policy.yaml"
+ROLES = {
+    "decides": "decides: judged with tight limits",
+    "sanity": "sanity floor: fails only on a large, significant drop",
+}
 
 
 @dataclass(frozen=True)
@@ -30,12 +39,17 @@ class Threshold:
 
     floor: float = -math.inf
     max_drop: float = math.inf
-    max_drop_vs_first: float = math.inf  # vs the first accepted run's value (another day: no interval)
+    max_drop_vs_first: float = math.inf  # vs the first accepted version, replayed on today's requests
     ceiling: float = math.inf
     not_below_zero: bool = False  # a paired difference: fails when its 95% interval lies below 0
     when_routed: bool = False  # only judged when the run routes (K > 0): the expressive model serves
     min_examples: int = 0
     count: str = ""  # metric holding the slice's example count; default: `auc.` → `n.`
+    role: str = "decides"  # "decides" (tight limits) or "sanity" (an easy slice: only a large, significant drop)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"gate rule role must be one of {sorted(ROLES)}, got {self.role!r}")
 
     def count_key(self, metric: str) -> str | None:
         if self.count or ".auc." in metric:
@@ -51,18 +65,50 @@ class Policy:
 
     metrics: dict[str, Threshold]
     significant_drops: bool = True
+    reasoning: str = ""  # why the rules are what they are, written into every decision
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    raw = yaml.safe_load(Path(path or DEFAULT_POLICY).read_text())
-    metrics = {name: Threshold(**spec) for name, spec in raw["metrics"].items()}
-    return Policy(metrics, bool(raw.get("significant_drops", True)))
+    path = Path(path or DEFAULT_POLICY)
+    raw = yaml.safe_load(path.read_text())
+    unknown = set(raw) - {"metrics", "significant_drops", "reasoning"}
+    if unknown:
+        raise ValueError(f"{path}: unknown gate policy keys {sorted(unknown)}")
+    metrics = {}
+    for name, spec in raw["metrics"].items():
+        try:
+            metrics[name] = Threshold(**spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: rule {name}: {exc}") from exc
+    return Policy(metrics, bool(raw.get("significant_drops", True)), " ".join(str(raw.get("reasoning", "")).split()))
 
 
-def _check(
-    value: float, prod: float | None, ci: list[float] | None, th: Threshold, policy: Policy,
-    own_ci: list[float] | None = None, first: float | None = None,
-) -> tuple[str, str]:  # fmt: skip
+def _drop(value: float, ref: float | None, ci: list[float] | None, limit: float, significant: bool, against: str):
+    """A paired drop of ``value`` below a reference scored on the same requests: None when within
+    ``limit`` or not judged, else (status, why). Beyond ``limit`` it fails only when the 95% interval of
+    (candidate − reference) lies below zero (``significant``), so noise neither blocks nor flips."""
+    if ref is None or math.isnan(ref) or ref - value <= limit:
+        return None
+    drop = f"dropped {ref - value:.4f} > {limit} vs {against}"
+    if significant and ci is not None:
+        interval = f"95% CI of delta {ci[0]:+.4f}..{ci[1]:+.4f}"
+        return ("pass", f"{drop}, within noise ({interval})") if ci[1] >= 0 else ("fail", f"{drop} ({interval})")
+    return "fail", drop
+
+
+@dataclass(frozen=True)
+class _Refs:
+    """What one metric is compared with, all on today's held-out requests: production's figure and the
+    anchor's (the first accepted version replayed), each with the paired interval of the difference."""
+
+    prod: float | None = None
+    prod_ci: list[float] | None = None
+    first: float | None = None
+    first_ci: list[float] | None = None
+    own_ci: list[float] | None = None  # the candidate's own paired difference (not_below_zero rules)
+
+
+def _check(value: float, th: Threshold, policy: Policy, refs: _Refs) -> tuple[str, str]:
     if math.isnan(value):
         return "fail", "metric is undefined (NaN)"
     if value < th.floor:
@@ -70,21 +116,22 @@ def _check(
     if value > th.ceiling:
         return "fail", f"{value:.4g} above budget {th.ceiling:.4g}"
     if th.not_below_zero:
-        if own_ci is None:
+        if refs.own_ci is None:
             if value < 0:
                 return "fail", f"{value:+.4f} below 0 (no interval)"
-        elif own_ci[1] < 0:
-            return "fail", f"{value:+.4f} below 0 beyond noise (95% CI {own_ci[0]:+.4f}..{own_ci[1]:+.4f})"
-    if first is not None and not math.isnan(first) and first - value > th.max_drop_vs_first:
-        return "fail", f"dropped {first - value:.4f} > {th.max_drop_vs_first} vs the first accepted run ({first:.4f})"
-    if prod is None or math.isnan(prod) or prod - value <= th.max_drop:
-        return "pass", ""
-    drop = f"dropped {prod - value:.4f} > {th.max_drop} vs production"
-    if policy.significant_drops and ci is not None:
-        if ci[1] >= 0:
-            return "pass", f"{drop}, within noise (95% CI of delta {ci[0]:+.4f}..{ci[1]:+.4f})"
-        return "fail", f"{drop} (95% CI of delta {ci[0]:+.4f}..{ci[1]:+.4f})"
-    return "fail", drop
+        elif refs.own_ci[1] < 0:
+            return "fail", f"{value:+.4f} below 0 beyond noise (95% CI {refs.own_ci[0]:+.4f}..{refs.own_ci[1]:+.4f})"
+    notes = []
+    significant = policy.significant_drops or th.role == "sanity"  # a sanity floor never fails on noise
+    for ref, ci, limit, against in (
+        (refs.first, refs.first_ci, th.max_drop_vs_first, "the first accepted version"),
+        (refs.prod, refs.prod_ci, th.max_drop, "production"),
+    ):
+        outcome = _drop(value, ref, ci, limit, significant, against)
+        if outcome and outcome[0] == "fail":
+            return outcome
+        notes += [outcome[1]] if outcome else []
+    return "pass", "; ".join(notes)
 
 
 def decide(
@@ -94,31 +141,42 @@ def decide(
     intervals: dict[str, list[float]] | None = None,
     own_intervals: dict[str, list[float]] | None = None,
     first: dict[str, float] | None = None,
+    first_intervals: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Check every policy metric; pass only if no counted slice fails.
 
-    ``intervals``: 95% CIs of (candidate − production); ``own_intervals``: 95% CIs of the
-    candidate's own paired differences (two-stage − light alone, expressive − light);
-    ``first``: the first accepted run's metrics.
+    ``production`` and ``first`` (the anchor: the first accepted version) are their models' figures on
+    the candidate's held-out requests; ``intervals`` and ``first_intervals`` the paired 95% CIs of
+    (candidate − production) and (candidate − anchor); ``own_intervals``: the CIs of the candidate's
+    own paired differences (two-stage − light alone, expressive − light, light − best feature).
     """
     checks = []
-    intervals, own_intervals = intervals or {}, own_intervals or {}
+    intervals, own_intervals, first_intervals = intervals or {}, own_intervals or {}, first_intervals or {}
     routed = int(candidate.get("system.k", 1) or 0) > 0
     for metric, th in policy.metrics.items():
         value = candidate.get(metric, float("nan"))
         count_key = th.count_key(metric)
         examples = int(candidate.get(count_key, 0)) if count_key else None
-        prod = production.get(metric) if production else None
+        refs = _Refs(
+            prod=production.get(metric) if production else None,
+            prod_ci=intervals.get(metric),
+            first=first.get(metric) if first else None,
+            first_ci=first_intervals.get(metric),
+            own_ci=own_intervals.get(metric),
+        )
         row: dict[str, Any] = {
             "metric": metric,
+            "role": th.role,
             "candidate": value,
-            "production": prod,
-            "delta": None if prod is None else value - prod,
-            "delta_ci95": intervals.get(metric),
-            "own_ci95": own_intervals.get(metric),
-            "first": first.get(metric) if first else None,
+            "production": refs.prod,
+            "delta": None if refs.prod is None else value - refs.prod,
+            "delta_ci95": refs.prod_ci,
+            "own_ci95": refs.own_ci,
+            "first": refs.first,
+            "first_delta_ci95": refs.first_ci,
             "floor": th.floor,
             "max_drop": th.max_drop,
+            "max_drop_vs_first": th.max_drop_vs_first,
             "ceiling": th.ceiling,
             "examples": examples,
         }
@@ -127,16 +185,14 @@ def decide(
         elif examples is not None and examples < th.min_examples:
             row.update(status="skipped", why=f"{examples} examples < {th.min_examples}")
         else:
-            status, why = _check(
-                value, prod, intervals.get(metric), th, policy, own_intervals.get(metric), row["first"]
-            )
+            status, why = _check(value, th, policy, refs)
             row.update(status=status, why=why)
         checks.append(row)
     failed = [c for c in checks if c["status"] == "fail"]
     passed = not failed
     basis = "drops vs production" if production else "no production model yet"
-    basis += ", vs the first accepted run" if first else ", first run (nothing accepted before)"
-    basis += ", routing vs light alone"
+    basis += ", vs the first accepted version" if first else ", first run (nothing accepted before)"
+    basis += " (replayed on today's requests), routing vs light alone"
     reason = f"all counted slices pass ({basis})" if passed else "; ".join(f"{c['metric']}: {c['why']}" for c in failed)
     return {"passed": passed, "reason": reason, "basis": basis, "checks": checks}
 
@@ -147,12 +203,12 @@ def report_markdown(decision: dict[str, Any], title: str) -> str:
         "",
         f"**Decision:** {'PASS' if decision['passed'] else 'FAIL'} — {decision['reason']}",
         "",
-        "Candidate vs. production on the same held-out requests; the interval is the paired-bootstrap",
-        "95% interval of the delta.",
+        "Candidate vs. production and vs. the first accepted version (the anchor), both replayed on the",
+        "candidate's own held-out requests; each interval is the paired-bootstrap 95% interval of the delta.",
         "",
-        "| metric | candidate | own 95% CI | production | delta | delta 95% CI | first run | floor | max drop "
-        "| budget | examples | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| metric | role | candidate | own 95% CI | production | delta | delta 95% CI | first accepted "
+        "| delta 95% CI | floor | max drop | max drop vs first | budget | examples | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(v: Any) -> str:
@@ -166,11 +222,17 @@ def report_markdown(decision: dict[str, Any], title: str) -> str:
         return f"{v[0]:+.4f}..{v[1]:+.4f}" if v else "—"
 
     for c in decision["checks"]:
+        first_delta = None if c.get("first") is None else c["candidate"] - c["first"]
         lines.append(
-            f"| {c['metric']} | {fmt(c['candidate'])} | {ci(c.get('own_ci95'))} | {fmt(c['production'])} | "
-            f"{fmt(c['delta'])} | {ci(c.get('delta_ci95'))} | {fmt(c.get('first'))} | {fmt(c['floor'])} | "
-            f"{fmt(c['max_drop'])} | {fmt(c.get('ceiling'))} | {fmt(c['examples'])} | {c['status']} {c['why']} |"
+            f"| {c['metric']} | {c.get('role', 'decides')} | {fmt(c['candidate'])} | {ci(c.get('own_ci95'))} | "
+            f"{fmt(c['production'])} | {fmt(c['delta'])} | {ci(c.get('delta_ci95'))} | {fmt(c.get('first'))} "
+            f"({fmt(first_delta)}) | {ci(c.get('first_delta_ci95'))} | {fmt(c['floor'])} | {fmt(c['max_drop'])} | "
+            f"{fmt(c.get('max_drop_vs_first'))} | {fmt(c.get('ceiling'))} | {fmt(c['examples'])} | "
+            f"{c['status']} {c['why']} |"
         )
+    if decision.get("reasoning"):
+        lines += ["", "## Why these rules", "", decision["reasoning"],
+                  "", "Roles: " + "; ".join(ROLES.values()) + "."]  # fmt: skip
     routing = decision.get("routing")
     if routing:
         lines += ["", f"## Routing: K = {routing['k']} ({routing['view']} view, N = {routing['n']}, M = {routing['m']})",
@@ -202,11 +264,14 @@ def gate_run(run_dir: str | Path, policy_path: str | Path | None = None) -> dict
         policy,
         evaluation.get("delta_ci95"),
         evaluation.get("candidate_ci95"),
-        evaluation.get("first_accepted", {}).get("metrics"),
+        (evaluation.get("first_accepted") or {}).get("metrics"),
+        (evaluation.get("first_accepted") or {}).get("delta_ci95"),
     )
     decision["ds"] = evaluation["holdout"]["ds"]
+    decision["reasoning"] = policy.reasoning
     decision["routing"] = evaluation.get("routing")
     decision["production_version"] = evaluation.get("production_version")
+    decision["anchor_version"] = (evaluation.get("first_accepted") or {}).get("version")
     path = Path(policy_path or DEFAULT_POLICY)  # lineage: the exact rules this run was judged by
     decision["policy"] = {"path": str(path), "sha256": file_hash(path)}
     write_json_atomic(run_dir / "decision.json", decision)

@@ -62,9 +62,12 @@ def test_backfill_runs_historical_dates_oldest_first_and_names_the_days_that_fai
     proc = _hap(home, "backfill", "--from", "2019-11-11", "--to", "2019-11-12", env={"HAP_PROGRESS_INTERVAL_S": "0"})
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("2019-11-11: not run") and "no data for ds=2019-11-11" in lines[0], lines
-    assert lines[1].startswith("2019-11-12: failed (") and "validate=failed" in lines[1], lines
-    assert "wait_for_partition=success" in lines[1] and "report=success" in lines[1], lines
+    assert lines[0].startswith("2019-11-11: DAG run not run; no step ran (no data for ds=2019-11-11"), lines
+    assert lines[1].startswith("2019-11-12: DAG run failed; steps: wait_for_partition=success, validate=failed"), lines
+    assert "report=success" in lines[1] and "Airflow log" in lines[1], lines
+    # the day's outcome under its steps: what failed first, and what serves now
+    assert lines[2].startswith("  ds=2019-11-12: FAILED — ") and "validate" in lines[2], lines
+    assert lines[2].endswith("(now serving: nothing)"), lines
     assert lines[-1].startswith(
         "backfilled 2 day(s) 2019-11-11..2019-11-12: 0 succeeded, failed: 2019-11-11, 2019-11-12"
     )

@@ -192,7 +192,9 @@ def test_the_shipped_policy_judges_the_second_day_against_production(ws, server,
         if "max_drop" in rule:  # a drop vs production is judged against its paired 95% interval
             lo, hi = c["delta_ci95"]
             assert lo <= hi and c["delta_ci95"] == evaluation["delta_ci95"][metric], c
-            assert c["first"] == evaluation["first_accepted"]["metrics"][metric], c
+            # the anchor (V1, also production here) is replayed on day 2's requests: the same figures
+            assert c["first"] == evaluation["first_accepted"]["metrics"][metric] == c["production"], c
+            assert c["first_delta_ci95"] == evaluation["first_accepted"]["delta_ci95"][metric] == c["delta_ci95"], c
         if rule.get("not_below_zero"):
             lo, hi = c["own_ci95"]
             assert lo <= hi and c["own_ci95"] == evaluation["candidate_ci95"][metric], c

@@ -143,3 +143,116 @@ def test_served_k_is_the_one_the_evaluation_chose(tmp_path):
     (tmp_path / "evaluation.json").write_text(json.dumps({"routing": {"k": 150}}))
     routed = served_routing(tmp_path, RoutingConfig(k=200, m=50))
     assert routed.k == 150 and routed.m == 50
+
+
+def _save_pair(folder, light, expressive, **records):
+    from hap_runtime.nets import save_model
+
+    save_model(light, folder / "light")
+    save_model(expressive, folder / "expressive")
+    for name, record in records.items():
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_production_and_the_anchor_are_replayed_on_the_candidates_requests(tiny_run, tmp_path):
+    """evaluate() scores production's and the first accepted version's models on the run day's held-out
+    requests: each reference figure is its own models' scores on those rows (never the figure its
+    registry record carries), and each interval equals a paired bootstrap recomputed here from the
+    three models' scores on the same resampled requests. The gate reads exactly these."""
+    import copy
+
+    import torch
+
+    from hap_runtime.nets import PreRanker
+    from models.evaluation import evaluate
+    from models.metrics import predict, slice_aucs
+    from registry.gate import gate_run
+
+    cfg, _, light, noise, holdout, _, prep = tiny_run
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, bootstrap=20))
+    torch.manual_seed(7)
+    untrained = PreRanker(cfg.light, light.spec).eval()
+    perturbed = copy.deepcopy(light)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    cand = _save_pair(tmp_path / "candidate", light, noise)
+    prod = _save_pair(tmp_path / "production", untrained, noise, evaluation={"routing": {"k": 0}})
+    bogus = {"light.auc.rank": 0.999, "light.auc.expose": 0.999, "light.auc.global": 0.999}
+    anchor = _save_pair(tmp_path / "anchor", perturbed, noise,
+                        manifest={"version": "20261120.1", "ds": "2026-11-20", "metrics": bogus})  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    result = evaluate(str(prep), str(cand / "light"), str(cand / "expressive"), str(prod), cfg,
+                      str(run / "evaluation.json"), str(anchor))  # fmt: skip
+
+    scores = {name: predict(m, holdout) for name, m in (("cand", light), ("prod", untrained), ("anchor", perturbed))}
+    aucs = {name: slice_aucs(s, holdout) for name, s in scores.items()}
+    first = result["first_accepted"]
+    assert (first["version"], first["ds"]) == ("20261120.1", "2026-11-20")
+    for s in ("overall", "expose", "rank", "prerank", "global"):
+        key = f"light.auc.{s}"
+        assert result["candidate"][key] == pytest.approx(aucs["cand"][f"auc.{s}"])
+        assert result["production"][key] == pytest.approx(aucs["prod"][f"auc.{s}"])
+        assert first["metrics"][key] == pytest.approx(aucs["anchor"][f"auc.{s}"])  # replayed, not the record's 0.999
+
+    # the paired interval of (candidate − anchor), recomputed from scores: the same resampled requests
+    rng = np.random.default_rng(0)
+    deltas = []
+    for _ in range(cfg.eval.bootstrap):
+        reqs = np.sort(rng.integers(0, holdout.n_requests, holdout.n_requests))
+        rows, _ = holdout.candidate_rows(reqs)
+        sub = holdout.select_requests(reqs)
+        deltas.append(
+            slice_aucs(scores["cand"][rows], sub)["auc.expose"] - slice_aucs(scores["anchor"][rows], sub)["auc.expose"]
+        )
+    expected = [np.nanpercentile(deltas, 2.5), np.nanpercentile(deltas, 97.5)]
+    assert first["delta_ci95"]["light.auc.expose"] == pytest.approx(expected)
+
+    (run / "evaluation.json").write_text(json.dumps({**result, "production_version": "20261121.1"}))
+    checks = {c["metric"]: c for c in gate_run(run)["checks"]}
+    for key in ("light.auc.expose", "light.auc.rank", "light.auc.global"):
+        c = checks[key]
+        assert c["production"] == result["production"][key] and c["delta_ci95"] == result["delta_ci95"][key]
+        assert c["first"] == first["metrics"][key] and c["first_delta_ci95"] == first["delta_ci95"][key]
+
+
+def test_the_shipped_slice_rules_accept_a_better_hard_order_and_refuse_a_worse_expose(tiny_run):
+    """On a tiny real run's held-out requests, production's scores against two candidates derived from
+    them: one that orders the hard negatives (expose, rank) better and gives up a little on ``global``
+    is accepted by the shipped policy's slice rules; one worse on ``expose`` is refused."""
+    from hap import SOURCES
+    from models.evaluation import slice_delta_intervals
+    from models.metrics import predict, slice_aucs
+    from registry.gate import Policy, decide, load_policy
+
+    _, _, light, _, holdout, _, _ = tiny_run
+    shipped = load_policy()
+    policy = Policy({k: v for k, v in shipped.metrics.items() if k.startswith("light.auc.")}, shipped.significant_drops)
+    prod = predict(light, holdout).astype(np.float64)
+    spread = prod.std()
+    neg = holdout.label == 0
+    hard = neg & np.isin(holdout.source, [SOURCES.index("expose"), SOURCES.index("rank")])
+    catalogue = neg & (holdout.source == SOURCES.index("global"))
+
+    def judged(scores, rules=policy):
+        metrics = {f"light.{k}": v for k, v in slice_aucs(scores, holdout).items()}
+        intervals = slice_delta_intervals(scores, prod, holdout, SOURCES, 100, seed=3)
+        return metrics, decide(metrics, {f"light.{k}": v for k, v in slice_aucs(prod, holdout).items()}, rules,
+                               {f"light.{k}": v for k, v in intervals.items()})  # fmt: skip
+
+    better = prod - 0.5 * spread * hard + 0.2 * spread * catalogue  # catalogue negatives a little higher
+    _, decision = judged(better)
+    checks = {c["metric"]: c for c in decision["checks"]}
+    assert checks["light.auc.expose"]["delta"] > 0.01 and checks["light.auc.rank"]["delta"] > 0.01
+    assert -0.10 < checks["light.auc.global"]["delta"] < -0.02, checks["light.auc.global"]  # worse on global
+    assert decision["passed"], decision["reason"]
+    assert checks["light.auc.global"]["delta_ci95"][1] < 0  # a real, significant drop on the easy slice
+    # the same candidate under a policy that lets global decide like a hard slice is refused
+    uniform = Policy({**policy.metrics, "light.auc.global": policy.metrics["light.auc.expose"]}, True)
+    assert not judged(better, uniform)[1]["passed"]
+
+    worse = prod + 0.5 * spread * (neg & (holdout.source == SOURCES.index("expose")))
+    _, decision = judged(worse)
+    assert not decision["passed"] and "light.auc.expose" in decision["reason"], decision["reason"]

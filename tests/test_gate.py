@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from registry.gate import Policy, Threshold, decide, gate_run, load_policy
 
 POLICY = Policy(
@@ -53,7 +55,7 @@ def test_gate_run_writes_json_and_report(tmp_path):
     d = gate_run(tmp_path, policy)
     assert not d["passed"]
     assert json.loads((tmp_path / "decision.json").read_text())["passed"] is False
-    assert "| light.auc.rank | 0.8000 |" in (tmp_path / "decision.md").read_text()
+    assert "| light.auc.rank | decides | 0.8000 |" in (tmp_path / "decision.md").read_text()
 
 
 def test_default_policy_covers_every_slice_and_the_routing_rules():
@@ -99,12 +101,78 @@ def test_expressive_below_light_on_its_scope_is_refused_when_it_serves():
     assert row["status"] == "skipped" and "K = 0" in row["why"]
 
 
-def test_relative_floor_against_the_first_accepted_run():
+def test_the_first_accepted_version_is_a_paired_reference_like_production():
+    """The anchor's figures are its models replayed on the candidate's requests: a drop beyond
+    ``max_drop_vs_first`` fails only when the paired interval of (candidate − anchor) lies below 0."""
     policy = Policy({"light.auc.rank": Threshold(floor=0.5, max_drop_vs_first=0.03, min_examples=1)})
     first = {"light.auc.rank": 0.85}
     assert decide({**GOOD, "light.auc.rank": 0.83}, None, policy, first=first)["passed"]
-    d = decide({**GOOD, "light.auc.rank": 0.80}, None, policy, first=first)
-    assert not d["passed"] and "first accepted run" in d["reason"]
+    significant = {"light.auc.rank": [-0.07, -0.02]}
+    d = decide({**GOOD, "light.auc.rank": 0.80}, None, policy, first=first, first_intervals=significant)
+    assert not d["passed"] and "first accepted version" in d["reason"] and "-0.0700..-0.0200" in d["reason"]
+    row = d["checks"][0]
+    assert row["first"] == 0.85 and row["first_delta_ci95"] == significant["light.auc.rank"]
+    noisy = decide(
+        {**GOOD, "light.auc.rank": 0.80}, None, policy, first=first, first_intervals={"light.auc.rank": [-0.09, 0.01]}
+    )
+    assert noisy["passed"] and "within noise" in noisy["checks"][0]["why"]
+    # the anchor and production are judged alike: a significant drop vs either refuses
+    both = decide({**GOOD, "light.auc.rank": 0.80}, {"light.auc.rank": 0.84}, policy, {"light.auc.rank": [-0.06, -0.01]},
+                  first=first, first_intervals={"light.auc.rank": [-0.09, 0.01]})  # fmt: skip
+    assert both["passed"]  # no max_drop vs production in this policy: only the anchor's limit applies
+
+
+def test_a_sanity_floor_fails_only_on_a_large_significant_drop_even_where_drops_need_no_interval():
+    strict = Policy(
+        {
+            "light.auc.rank": Threshold(max_drop=0.02, min_examples=1),
+            "light.auc.global": Threshold(max_drop=0.10, min_examples=1, role="sanity"),
+        },
+        significant_drops=False,
+    )
+    prod = {**GOOD, "light.auc.global": 0.90, "light.n.global": 500}
+    worse_global = {**prod, "light.auc.global": 0.75}
+    assert not decide(worse_global, prod, strict, {"light.auc.global": [-0.2, -0.1]})["passed"]
+    assert decide(worse_global, prod, strict, {"light.auc.global": [-0.2, 0.01]})["passed"]  # large, not significant
+    assert decide({**prod, "light.auc.global": 0.82}, prod, strict, {"light.auc.global": [-0.12, -0.04]})["passed"]
+    # the same drop on a deciding slice fails without an interval under this policy
+    assert not decide({**GOOD, "light.auc.rank": 0.75}, GOOD, strict, {"light.auc.rank": [-0.09, 0.01]})["passed"]
+
+
+def test_the_shipped_policy_lets_the_hard_slices_decide_and_keeps_the_easy_ones_as_sanity_floors():
+    policy = load_policy()
+    roles = {name: th.role for name, th in policy.metrics.items()}
+    assert roles["light.auc.prerank"] == roles["light.auc.global"] == "sanity"
+    assert {name for name, role in roles.items() if role == "sanity"} == {"light.auc.prerank", "light.auc.global"}
+    for easy in ("light.auc.prerank", "light.auc.global"):
+        for hard in ("light.auc.expose", "light.auc.rank"):
+            e, h = policy.metrics[easy], policy.metrics[hard]
+            assert e.max_drop > h.max_drop and e.max_drop_vs_first > h.max_drop_vs_first, (easy, hard)
+    assert "hard slices" in policy.reasoning and "sanity" in policy.reasoning
+
+
+def test_a_policy_with_an_unknown_key_or_role_is_refused_at_load(tmp_path):
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("metrics:\n  light.auc.rank: {max_drop: 0.02, role: maybe}\n")
+    with pytest.raises(ValueError, match="light.auc.rank.*role"):
+        load_policy(bad)
+    bad.write_text("metrics:\n  light.auc.rank: {max_dorp: 0.02}\n")
+    with pytest.raises(ValueError, match="light.auc.rank.*max_dorp"):
+        load_policy(bad)
+    bad.write_text("metric:\n  light.auc.rank: {max_drop: 0.02}\n")
+    with pytest.raises(ValueError, match="unknown gate policy keys"):
+        load_policy(bad)
+
+
+def test_the_decision_report_carries_the_roles_and_the_policys_reasoning(tmp_path):
+    evaluation = {"holdout": {"ds": "2026-11-22"}, "candidate": GOOD, "production": GOOD,
+                  "first_accepted": {"version": "20261120.1", "metrics": GOOD, "delta_ci95": {}}}  # fmt: skip
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
+    d = gate_run(tmp_path)
+    assert d["anchor_version"] == "20261120.1" and d["reasoning"] == load_policy().reasoning
+    md = (tmp_path / "decision.md").read_text()
+    assert "## Why these rules" in md and load_policy().reasoning in md
+    assert "| light.auc.global | sanity |" in md and "| light.auc.expose | decides |" in md
 
 
 def test_insignificant_drops_can_be_made_to_fail_by_policy():

@@ -104,9 +104,8 @@ def cmd_step(args: argparse.Namespace) -> int:
 def cmd_run_day(args: argparse.Namespace) -> int:
     # deferred: each command loads only what it needs (torch, GX, kfp and Airflow take seconds)
     from hap.contract import partition_ready
-    from workflow import runlog
     from workflow.airflow_local import run_day, run_day_subprocess
-    from workflow.status import day_outcome
+    from workflow.status import day_outcome, steps_line
 
     try:
         conf = json.loads(args.conf) if args.conf else None
@@ -130,11 +129,7 @@ def cmd_run_day(args: argparse.Namespace) -> int:
             states = run_day_subprocess(args.ds, ws, log_file, conf=conf, wait=args.wait)
         except RuntimeError as exc:  # the run gave no result (Airflow broke): its log says why
             raise StepRefused(str(exc)) from exc
-        order = ["wait_for_partition", *runlog.STEPS]  # the DAG's order, not Airflow's alphabetical one
-        tasks = sorted(
-            (k for k in states if k != "dag_run"), key=lambda k: order.index(k) if k in order else len(order)
-        )
-        print("steps: " + ", ".join(f"{k}={states[k]}" for k in tasks))
+        print(steps_line(states))
     outcome = day_outcome(ws, args.ds, states)
     print(outcome.line(), file=sys.stderr if args.json else sys.stdout)
     return outcome.exit_code
@@ -249,7 +244,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from hap.contract import partition_ready
     from hap.progress import progress
     from workflow.airflow_local import run_day_subprocess
-    from workflow.status import EXIT_FAILED, EXIT_REFUSED, day_outcome
+    from workflow.status import EXIT_FAILED, EXIT_REFUSED, day_outcome, steps_line
 
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     if end < start:
@@ -267,12 +262,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                     states = run_day_subprocess(ds, ws, log_file, conf=conf)
                 except RuntimeError as exc:  # the run gave no result (Airflow broke): say so, go on
                     states = {"dag_run": "not run", "why": str(exc).splitlines()[0][:300]}
+            outcome = day_outcome(ws, ds, states) if ran else None
             if states["dag_run"] != "success":
                 failed.append(ds)
-            elif day_outcome(ws, ds, states).state == "refused":
+            elif outcome.state == "refused":
                 refused.append(ds)
-            print(f"{ds}: {states['dag_run']} (" + ", ".join(f"{k}={v}" for k, v in states.items() if k != "dag_run")
-                  + (f"; Airflow log {log_file})" if ran else ")"))  # fmt: skip
+            print(
+                f"{ds}: DAG run {states['dag_run']}; {steps_line(states)}"
+                + (f"; Airflow log {log_file}" if ran else "")
+            )
+            if outcome is not None:  # the gate's verdict with its first reason, and what serves now
+                print(f"  {outcome.line()}")
             bar.update(1, last=f"{ds} {states['dag_run']}")
     print(f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {len(days) - len(failed)} succeeded"
           + (f", refused by the gate (serving unchanged): {', '.join(refused)}" if refused else "")
@@ -288,6 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from serving.deploy import sample_request
     from workflow.airflow_local import run_day_subprocess
     from workflow.flow import load_config, server_for
+    from workflow.status import steps_line
 
     ws = _ws(args)
     t_start = time.perf_counter()
@@ -303,8 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/5] running DAG hap_daily for ds={args.end} with dag.test() (Airflow log: {log_file})")
     t0 = time.perf_counter()
     states = run_day_subprocess(args.end, ws, log_file)
-    print(f"      DAG run {states.pop('dag_run')} in {time.perf_counter() - t0:.1f}s: "
-          + ", ".join(f"{k}={v}" for k, v in states.items()))  # fmt: skip
+    print(f"      DAG run {states['dag_run']} in {time.perf_counter() - t0:.1f}s; {steps_line(states)}")
 
     verdict_path = ws.validation_dir(args.end) / "verdict.json"
     if verdict_path.exists():

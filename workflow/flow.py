@@ -105,11 +105,14 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
     prod = registry.production()
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
     lineage = run_lineage(ds, ws, cfg)  # the data as training found it, before it reads any
-    prod_manifest = (read_json_object(registry.version_dir(prod["version"]) / "manifest.json") if prod else None) or {}
-    lineage["production_at_training"] = {
-        "version": prod_manifest.get("version"),
-        "content": prod_manifest.get("content_hash"),
-    }
+    first = registry.first_accepted()  # the anchor: replayed on today's requests beside production
+    anchor_dir = str(registry.version_dir(first["version"])) if first else ""
+    for key, version in (
+        ("production_at_training", prod and prod["version"]),
+        ("anchor_at_training", first and first["version"]),
+    ):
+        manifest = (read_json_object(registry.version_dir(version) / "manifest.json") if version else None) or {}
+        lineage[key] = {"version": manifest.get("version"), "content": manifest.get("content_hash")}
     lineage["inputs_sha256"] = text_hash(json.dumps({k: lineage[k] for k in TRAINING_INPUTS}, sort_keys=True))
     run_dir = ws.run_dir(ds)
     # on a cluster the code that trains is an image whose tag may move: train there every time
@@ -123,18 +126,14 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
                     ds, earlier["trained_at"])  # fmt: skip
         out = {"run_dir": str(run_dir)}
     elif cfg.kfp.mode == "cluster":
-        out = run_cluster(cfg, str(ws.root), ds, prod_dir, run_dir)
+        out = run_cluster(cfg, str(ws.root), ds, prod_dir, run_dir, anchor_dir)
     elif cfg.kfp.mode == "local":
-        out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, run_dir)
+        out = run_local(str(ws.root), ds, cfg.to_json(), prod_dir, run_dir, anchor_dir)
     else:
         raise ValueError(f"kfp mode must be 'local' or 'cluster', got {cfg.kfp.mode!r}")
     evaluation_path = Path(out["run_dir"]) / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text())
     evaluation["production_version"] = prod["version"] if prod else None
-    evaluation.pop("first_accepted", None)
-    first = registry.first_accepted()
-    if first is not None:  # the gate's relative floors: never drift far from the first accepted run
-        evaluation["first_accepted"] = {"version": first["version"], "ds": first["ds"], "metrics": first["metrics"]}
     write_json_atomic(evaluation_path, evaluation)
     lineage["trained_days"] = evaluation["holdout"]["days"]
     lineage["outputs_sha256"] = outputs_hash(Path(out["run_dir"]))
@@ -143,15 +142,14 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
 
 
 # What a trained run depends on: equal values give equal weights and evaluation (training is deterministic).
-TRAINING_INPUTS = ("code", "config_sha256", "libraries", "data", "production_at_training")
+TRAINING_INPUTS = ("code", "config_sha256", "libraries", "data", "production_at_training", "anchor_at_training")
 
 
 def outputs_hash(run_dir: Path) -> str:
     """The trained run's outputs: both models and the evaluation as the pipeline wrote it (without
-    the fields ``train`` sets afterwards from the registry)."""
+    the field ``train`` sets afterwards from the registry)."""
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    for key in ("production_version", "first_accepted"):
-        evaluation.pop(key, None)
+    evaluation.pop("production_version", None)
     return text_hash(content_hash(run_dir) + json.dumps(evaluation, sort_keys=True))
 
 

@@ -290,17 +290,25 @@ def _gate(d: _Data) -> str:
         )
     rows, classes = [], []
     for c in d.decision.get("checks", []):
-        rows.append([c["metric"], c["status"], c.get("candidate"), c.get("production"), c.get("delta"), c.get("delta_ci95"),
-                     c.get("first"), c.get("floor"), c.get("max_drop"), c.get("ceiling"), c.get("examples"), c.get("why")])  # fmt: skip
+        first_delta = None if c.get("first") is None else c["candidate"] - c["first"]
+        rows.append([c["metric"], c.get("role", "decides"), c["status"], c.get("candidate"), c.get("production"),
+                     c.get("delta"), c.get("delta_ci95"), c.get("first"), first_delta, c.get("first_delta_ci95"),
+                     c.get("floor"), c.get("max_drop"), c.get("max_drop_vs_first"), c.get("ceiling"), c.get("examples"),
+                     c.get("why")])  # fmt: skip
         classes.append("bad" if c["status"] == "fail" else "muted" if c["status"] != "pass" else "")
     verdict = "PASS" if d.decision.get("passed") else "FAIL"
     promo = (
         f" Promotion: {'deploy' if d.promotion['deploy'] else 'stop'}: {d.promotion['reason']}." if d.promotion else ""
     )
-    header = ["rule (metric)", "status", "candidate", "production", "delta", "delta 95% CI", "first accepted", "floor",
-              "max drop", "ceiling", "examples", "why"]  # fmt: skip
+    header = ["rule (metric)", "role", "status", "candidate", "production", "delta", "delta 95% CI", "first accepted",
+              "delta vs first", "delta vs first 95% CI", "floor", "max drop", "max drop vs first", "ceiling", "examples",
+              "why"]  # fmt: skip
+    anchor = d.decision.get("anchor_version")
+    basis = (f" Production ({d.decision.get('production_version') or 'none'}) and the first accepted version "
+             f"({anchor or 'none yet'}) are replayed on this run's held-out requests: every delta is paired.")  # fmt: skip
+    why = f'<p class="muted">{html.escape(d.decision["reasoning"])}</p>' if d.decision.get("reasoning") else ""
     return (f'<section id="gate"><h2>Gate: {verdict}</h2><p>{html.escape(d.decision.get("reason", ""))}.'
-            f"{html.escape(promo)}</p>" + _table("gate", header, rows, classes) + "</section>")  # fmt: skip
+            f"{html.escape(promo)}{html.escape(basis)}</p>" + _table("gate", header, rows, classes) + why + "</section>")  # fmt: skip
 
 
 def _routing(d: _Data) -> str:

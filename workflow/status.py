@@ -45,6 +45,19 @@ class DayOutcome:
         return f"ds={self.ds}: {self.state.upper()} — {self.summary} (now serving: {self.serving or 'nothing'})"
 
 
+def steps_line(states: dict[str, str]) -> str:
+    """The DAG's task states in the DAG's order (not Airflow's alphabetical one), e.g.
+    ``steps: wait_for_partition=success, validate=success, train=success, gate=success, …``."""
+    order = ["wait_for_partition", *runlog.STEPS]
+    tasks = sorted(
+        (k for k in states if k not in ("dag_run", "why")),
+        key=lambda k: (k not in order, order.index(k) if k in order else 0, k),
+    )
+    if not tasks:
+        return f"no step ran ({states.get('why', 'no task state recorded')})"
+    return "steps: " + ", ".join(f"{k}={states[k]}" for k in tasks)
+
+
 def day_outcome(ws: Workspace, ds: str, states: dict[str, str]) -> DayOutcome:
     """The outcome of ``ds``'s run that just ended with task ``states`` (its step records say why)."""
     state, summary = run_summary(runlog.read(ws, ds))
