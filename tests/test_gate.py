@@ -147,7 +147,9 @@ def test_the_shipped_policy_lets_the_hard_slices_decide_and_keeps_the_easy_ones_
     for easy in ("light.auc.prerank", "light.auc.global"):
         for hard in ("light.auc.expose", "light.auc.rank"):
             e, h = policy.metrics[easy], policy.metrics[hard]
-            assert e.max_drop > h.max_drop and e.max_drop_vs_first > h.max_drop_vs_first, (easy, hard)
+            assert e.max_drop > h.max_drop, (easy, hard)
+            # bound against the anchor on the hard slices only: an easy slice is judged day over day
+            assert math.isinf(e.max_drop_vs_first) and h.max_drop_vs_first < 0.1, (easy, hard)
     assert "hard slices" in policy.reasoning and "sanity" in policy.reasoning
 
 

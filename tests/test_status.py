@@ -180,3 +180,18 @@ def test_refusals_in_a_row_alert_once_stay_listed_and_a_later_accepted_day_answe
     _run(ws, "2026-11-24", "r5", monkeypatch, {"validate": "ok", "train": "ok", "gate": "PASS — all rules hold"})
     status = collect(ws, live=False)
     assert status["alerts"] == [] and not any("refused" in a for a in status["attention"]), status["attention"]
+
+
+def test_the_steps_line_follows_the_dags_order_and_says_when_nothing_ran():
+    from workflow.status import steps_line
+
+    states = {"report": "success", "dag_run": "success", "deploy": "skipped", "gate": "success",
+              "wait_for_partition": "success", "validate": "success", "train": "success", "package": "skipped",
+              "promote": "skipped", "extra_task": "success"}  # fmt: skip
+    assert steps_line(states) == (
+        "steps: wait_for_partition=success, validate=success, train=success, gate=success, package=skipped, "
+        "promote=skipped, deploy=skipped, report=success, extra_task=success"
+    )
+    assert steps_line({"dag_run": "not run", "why": "no data for ds=2019-11-11"}) == (
+        "no step ran (no data for ds=2019-11-11)"
+    )
