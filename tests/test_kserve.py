@@ -103,8 +103,10 @@ class _Revision:
         self.probe = [self._local(a, base_port) for a in container.startup_probe._exec.command]
         self.probe[0] = os.sys.executable
         startup = container.startup_probe
-        self.startup_deadline = time.monotonic() + startup.period_seconds * startup.failure_threshold
+        self.startup_s = startup.period_seconds * startup.failure_threshold
+        self.startup_deadline = time.monotonic() + self.startup_s
         self.failed = self.started = False
+        self.why = ""  # why Knative reports the revision failed
         env = {e.name: self._local(e.value, base_port) for e in container.env}
         args = [self._local(a, base_port) for a in container.args]
         tmp = self.dir / "tmp"
@@ -140,25 +142,26 @@ class _Revision:
         if self.failed:
             return False
         if self.proc.poll() is not None:  # the container exited
-            self.failed = True
-            self.stop()
+            self._fail("the container exited")
             return False
         if self.started:
             return True
         probe = subprocess.run(self.probe, capture_output=True)
         if probe.returncode != 0 or not self._listens():
             if time.monotonic() > self.startup_deadline:
-                self.failed = True
-                self.stop()
+                self._fail(f"the startup probe still failed after {self.startup_s} s: the container was killed")
             return False
         try:
             self.started = requests.get(f"{self.url}/ping", timeout=10).status_code == 200
         except requests.RequestException:
             self.started = False
         if not self.started and time.monotonic() > self.startup_deadline:
-            self.failed = True
-            self.stop()
+            self._fail(f"/ping still failed after {self.startup_s} s: the container was killed")
         return self.started
+
+    def _fail(self, why: str) -> None:
+        self.failed, self.why = True, why
+        self.stop()
 
     def _listens(self) -> bool:
         """Whether this container's own processes listen on its inference and management ports."""
@@ -294,15 +297,14 @@ class _KServeStandIn:
                    for n, p in traffic.items()]  # fmt: skip
         if created not in traffic and created in self.revisions:
             targets.append({"tag": "latest", "revisionName": created, "percent": 0, "url": self.revisions[created].url})
-        failed = created in self.revisions and (
-            self.revisions[created].failed or self.revisions[created].proc.poll() is not None
-        )
+        rev = self.revisions.get(created)
+        failed = rev is not None and (rev.failed or rev.proc.poll() is not None)
         ok = latest_ready == created
         self.obj["status"] = {
             "observedGeneration": meta["generation"],
             "url": f"http://{meta['name']}.{meta['namespace']}.example.com",
             "conditions": [{"type": "Ready", "status": "True" if ok else "False",
-                            **({"reason": "RevisionFailed", "message": "the container exited"} if failed else {})}],
+                            **({"reason": "RevisionFailed", "message": rev.why or "the container exited"} if failed else {})}],
             "components": {"predictor": {
                 "url": self.revisions[self.rolled_out].url if self.rolled_out in self.revisions else None,
                 "traffic": targets, "latestCreatedRevision": created, "latestReadyRevision": latest_ready,
@@ -430,9 +432,11 @@ def versions(ws, small_day) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(ws, tmp_path_factory, free_port_block):
-    # a test cluster's timeouts: a pod without a READY worker after 12 s is failed, a rollout after 120 s
-    kcfg = KServeConfig(storage_uri=f"file://{tmp_path_factory.mktemp('bucket')}/kserve", ready_timeout_s=120,
-                        startup_timeout_s=12,
+    # a test cluster's timeouts, generous for a busy machine (a pod's JVM and torch worker took over 12 s
+    # to be READY with 7 processes on 2 cores): a pod without a READY worker after 120 s is failed (the
+    # never-Ready canary waits that long: a deadline is the only signal Knative has), a rollout after 360 s
+    kcfg = KServeConfig(storage_uri=f"file://{tmp_path_factory.mktemp('bucket')}/kserve", ready_timeout_s=360,
+                        startup_timeout_s=120,
                         poll_s=0.5)  # fmt: skip
     cfg = HapConfig(serving=ServingConfig(mode="kserve", kserve=kcfg, workers=1))
     standin = _KServeStandIn(tmp_path_factory.mktemp("pods"), serving_runtime(cfg.serving), free_port_block)
