@@ -103,7 +103,7 @@ def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_
         out = Path(tmp) / "out"
         out.mkdir()
         archiver = Path(sys.executable).with_name("torch-model-archiver")
-        subprocess.run(
+        done = subprocess.run(
             [
                 str(archiver),
                 "--model-name", MODEL_NAME,
@@ -114,10 +114,12 @@ def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_
                 "--export-path", str(out),
                 "--force",
             ],
-            check=True,
             capture_output=True,
             text=True,
         )  # fmt: skip
+        if done.returncode != 0:  # what the archiver said is the why: keep it in the task log and the step record
+            said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+            raise RuntimeError(f"torch-model-archiver exited {done.returncode} packaging {version}:\n{said}")
         target = export_dir / mar_name(version)
         shutil.move(out / f"{MODEL_NAME}.mar", target)
     return target

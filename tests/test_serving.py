@@ -505,3 +505,25 @@ def _torch_only_site(dest: Path) -> Path:
                 if not link.exists():
                     link.symlink_to(src)
     return dest
+
+
+def test_a_failed_packaging_says_what_the_archiver_said(tmp_path, monkeypatch):
+    """torch-model-archiver's own words reach the package step's error (the task log and the step
+    record), not only its exit status. The archiver is the one beside ``sys.executable``: here a
+    stand-in that fails the way a full disk does."""
+    from hap_runtime.nets import PreRanker, save_model
+    from hap_runtime.spec import DEFAULT_SPEC
+
+    version_dir = tmp_path / "versions" / "20261001.1"
+    cfg = HapConfig()
+    save_model(PreRanker(cfg.light, DEFAULT_SPEC), version_dir / "light")
+    save_model(PreRanker(cfg.expressive, DEFAULT_SPEC), version_dir / "expressive")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    archiver = bin_dir / "torch-model-archiver"
+    archiver.write_text("#!/bin/sh\necho 'OSError: [Errno 28] No space left on device' >&2\nexit 1\n")
+    archiver.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    with pytest.raises(RuntimeError, match=r"(?s)torch-model-archiver exited 1 packaging 20261001\.1:.*No space left"):
+        build_archive(version_dir, "20261001.1", cfg, tmp_path / "store")
+    assert not (tmp_path / "store" / mar_name("20261001.1")).exists()
