@@ -116,6 +116,9 @@ def build_archive(version_dir: str | Path, version: str, cfg: HapConfig, export_
             ],
             capture_output=True,
             text=True,
+            # the archiver stages files in $TMPDIR/<model name> and deletes that first: with the shared
+            # temp folder, two packagings at once on one machine delete or mix each other's files
+            env={**os.environ, "TMPDIR": tmp},
         )  # fmt: skip
         if done.returncode != 0:  # what the archiver said is the why: keep it in the task log and the step record
             said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])

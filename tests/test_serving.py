@@ -527,3 +527,29 @@ def test_a_failed_packaging_says_what_the_archiver_said(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)torch-model-archiver exited 1 packaging 20261001\.1:.*No space left"):
         build_archive(version_dir, "20261001.1", cfg, tmp_path / "store")
     assert not (tmp_path / "store" / mar_name("20261001.1")).exists()
+
+
+def test_packaging_stages_in_its_own_temp_folder(tmp_path, monkeypatch):
+    """torch-model-archiver stages in ``$TMPDIR/hap`` and deletes it first: in the machine's shared temp
+    folder two packagings at once (two workspaces, a test run beside the daily run) deleted or mixed
+    each other's files. Here the shared temp folder holds a ``hap`` that is not a folder, as a
+    concurrent packaging's half-written one may be: the archive is built all the same, from its own."""
+    import tempfile
+    import zipfile
+
+    from hap_runtime.nets import PreRanker, save_model
+    from hap_runtime.spec import DEFAULT_SPEC
+
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    (shared / "hap").write_text("another packaging's leftovers")
+    monkeypatch.setenv("TMPDIR", str(shared))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads $TMPDIR again
+    cfg = HapConfig()
+    version_dir = tmp_path / "versions" / "20261001.1"
+    save_model(PreRanker(cfg.light, DEFAULT_SPEC), version_dir / "light")
+    save_model(PreRanker(cfg.expressive, DEFAULT_SPEC), version_dir / "expressive")
+    mar = build_archive(version_dir, "20261001.1", cfg, tmp_path / "store")
+    with zipfile.ZipFile(mar) as z:
+        assert any(n.endswith("light/weights.pt") for n in z.namelist())
+    assert (shared / "hap").read_text() == "another packaging's leftovers"  # untouched
