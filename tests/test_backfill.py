@@ -9,11 +9,10 @@ import pytest
 from registry.store import Registry
 from workflow.airflow_local import StandaloneAirflow
 
-pytestmark = pytest.mark.slow
-
 DAYS = ["2026-11-21", "2026-11-22"]  # two days show the order and one-at-a-time; each more costs a training
 
 
+@pytest.mark.slow
 def test_backfill_through_a_real_scheduler_runs_days_oldest_first_one_at_a_time(
     tmp_path, free_port_block, lenient_policy, simulated_workspace
 ):
@@ -39,3 +38,37 @@ def test_backfill_through_a_real_scheduler_runs_days_oldest_first_one_at_a_time(
     assert [m["version"] for m in Registry(ws).versions()] == ["20261121.1", "20261122.1"]
     assert Registry(ws).production()["version"] == "20261122.1"
     assert all(json.loads((ws.run_dir(d) / "promotion.json").read_text())["deploy"] for d in DAYS)
+
+
+def test_a_cli_write_that_met_a_locked_sqlite_is_run_again_and_nothing_else_is(tmp_path, monkeypatch):
+    """Under load ``backfill create`` met SQLite's lock-upgrade refusal ("database is locked" at once,
+    whatever the busy timeout) and the whole backfill failed; its transaction had rolled back, so the
+    command is run again. Any other failure is not repeated."""
+    import subprocess
+
+    from hap.workspace import Workspace
+    from workflow import airflow_local
+
+    answers: list[subprocess.CompletedProcess] = []
+    calls: list[list[str]] = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        return answers.pop(0)
+
+    monkeypatch.setattr(airflow_local.subprocess, "run", run)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    airflow = StandaloneAirflow(Workspace(tmp_path / "ws"), 28080)
+    locked = subprocess.CompletedProcess([], 1, "", "sqlite3.OperationalError) database is locked")
+    answers[:] = [locked, locked, subprocess.CompletedProcess([], 0, "created", "")]
+    assert airflow.airflow("backfill", "create", locked_retries=4).stdout == "created" and len(calls) == 3
+    calls.clear()
+    answers[:] = [subprocess.CompletedProcess([], 1, "", "Dag hap_daily not found")]
+    with pytest.raises(RuntimeError, match="not found"):
+        airflow.airflow("backfill", "create", locked_retries=4)
+    assert len(calls) == 1
+    calls.clear()
+    answers[:] = [locked] * 3
+    with pytest.raises(RuntimeError, match="database is locked"):
+        airflow.airflow("dags", "unpause", "hap_daily", locked_retries=2)
+    assert len(calls) == 3

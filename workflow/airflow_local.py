@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ DAG_FILE = DAGS_FOLDER / "hap_daily.py"
 # SQLite's driver gives up on a write lock after 5 s; a standalone scheduler, its DAG processor and a
 # CLI call (``backfill create`` writing one run per day) contend for longer than that on 2 cores.
 # Airflow imports this dict by name (``[database] sql_alchemy_connect_args``).
+log = logging.getLogger(__name__)
+
 SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60}
 
 
@@ -160,10 +163,24 @@ class StandaloneAirflow:
         self.env = env
         self.proc: subprocess.Popen | None = None
 
-    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run an ``airflow`` CLI command; on failure (``check``) the error carries its stderr."""
+    def airflow(self, *args: str, check: bool = True, locked_retries: int = 0) -> subprocess.CompletedProcess:
+        """Run an ``airflow`` CLI command; on failure (``check``) the error carries its stderr.
+
+        ``locked_retries``: SQLite answers "database is locked" at once, whatever its busy timeout, when
+        a transaction that has read must write while another connection (the scheduler) writes; the
+        command's transaction then rolls back whole, so a command whose write is one transaction
+        (``dags unpause``, ``backfill create``) is run again, up to this many times."""
+        import time
+
         cmd = [sys.executable, "-m", "airflow", *args]
-        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        for attempt in range(locked_retries + 1):
+            proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+            if proc.returncode == 0 or "database is locked" not in proc.stdout + proc.stderr:
+                break
+            if attempt < locked_retries:
+                log.warning("`airflow %s`: SQLite database locked, rolled back; again (%d/%d)",
+                            " ".join(args[:2]), attempt + 1, locked_retries)  # fmt: skip
+                time.sleep(2.0 * (attempt + 1))
         if check and proc.returncode != 0:
             raise RuntimeError(f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{_cli_output(proc)}")
         return proc
@@ -193,10 +210,11 @@ class StandaloneAirflow:
     def backfill(self, dag_id: str, start: str, end: str, conf: dict | None = None) -> None:
         import json
 
-        self.airflow("dags", "unpause", dag_id)  # runs of a paused DAG stay queued
+        self.airflow("dags", "unpause", dag_id, locked_retries=4)  # runs of a paused DAG stay queued
         args = ["backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end]
         args += ["--max-active-runs", "1"]  # oldest first, one day at a time, like the daily schedule
-        self.airflow(*args, *(["--dag-run-conf", json.dumps(conf)] if conf else []))
+        # one transaction: a locked database leaves no backfill and no run behind, so it is safe to repeat
+        self.airflow(*args, *(["--dag-run-conf", json.dumps(conf)] if conf else []), locked_retries=4)
 
     def runs(self, dag_id: str) -> list[dict]:
         import json
