@@ -231,7 +231,7 @@ def assess(
         metrics.update(margins)
         intervals.update(margin_ci)
 
-    replayed = k is not None  # a reference judged at the K it serves: no curve to draw, no K to choose
+    served_k_only = k is not None  # a reference judged at the K it serves: no curve to draw, no K to choose
     if k is None and not ev.select_k:
         k = cfg.routing.k
     if serving is not None and serving.n_requests:
@@ -240,8 +240,10 @@ def assess(
         view, data, m, grid = "logged", holdout, ev.m, ev.k_grid_logged
     off = data.offsets
     n = int(np.median(np.diff(off))) if data.n_requests else 0
-    grid = tuple(sorted({g for g in grid if g < n} | ({min(k, n)} if k is not None else set())))
-    grid = (min(k, n),) if replayed else grid  # light alone (K = 0) and the K served
+    if served_k_only:
+        grid = (min(k, n),)  # with light alone (K = 0), added by k_curve
+    else:
+        grid = tuple(sorted({g for g in grid if g < n} | ({min(k, n)} if k is not None else set())))
     top = max(grid, default=0)
     if view == "serving":
         light_s, expr_s = _score_top(light_model, expr_model, data, top)

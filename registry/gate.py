@@ -173,6 +173,7 @@ def decide(
             "delta_ci95": refs.prod_ci,
             "own_ci95": refs.own_ci,
             "first": refs.first,
+            "first_delta": None if refs.first is None else value - refs.first,
             "first_delta_ci95": refs.first_ci,
             "floor": th.floor,
             "max_drop": th.max_drop,
@@ -222,11 +223,10 @@ def report_markdown(decision: dict[str, Any], title: str) -> str:
         return f"{v[0]:+.4f}..{v[1]:+.4f}" if v else "—"
 
     for c in decision["checks"]:
-        first_delta = None if c.get("first") is None else c["candidate"] - c["first"]
         lines.append(
             f"| {c['metric']} | {c.get('role', 'decides')} | {fmt(c['candidate'])} | {ci(c.get('own_ci95'))} | "
             f"{fmt(c['production'])} | {fmt(c['delta'])} | {ci(c.get('delta_ci95'))} | {fmt(c.get('first'))} "
-            f"({fmt(first_delta)}) | {ci(c.get('first_delta_ci95'))} | {fmt(c['floor'])} | {fmt(c['max_drop'])} | "
+            f"({fmt(c.get('first_delta'))}) | {ci(c.get('first_delta_ci95'))} | {fmt(c['floor'])} | {fmt(c['max_drop'])} | "
             f"{fmt(c.get('max_drop_vs_first'))} | {fmt(c.get('ceiling'))} | {fmt(c['examples'])} | "
             f"{c['status']} {c['why']} |"
         )
@@ -258,20 +258,21 @@ def gate_run(run_dir: str | Path, policy_path: str | Path | None = None) -> dict
     run_dir = Path(run_dir)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     policy = load_policy(policy_path)
+    anchor = evaluation.get("first_accepted") or {}  # the first accepted version, replayed on these requests
     decision = decide(
         evaluation["candidate"],
         evaluation["production"],
         policy,
         evaluation.get("delta_ci95"),
         evaluation.get("candidate_ci95"),
-        (evaluation.get("first_accepted") or {}).get("metrics"),
-        (evaluation.get("first_accepted") or {}).get("delta_ci95"),
+        anchor.get("metrics"),
+        anchor.get("delta_ci95"),
     )
     decision["ds"] = evaluation["holdout"]["ds"]
     decision["reasoning"] = policy.reasoning
     decision["routing"] = evaluation.get("routing")
     decision["production_version"] = evaluation.get("production_version")
-    decision["anchor_version"] = (evaluation.get("first_accepted") or {}).get("version")
+    decision["anchor_version"] = anchor.get("version")
     path = Path(policy_path or DEFAULT_POLICY)  # lineage: the exact rules this run was judged by
     decision["policy"] = {"path": str(path), "sha256": file_hash(path)}
     write_json_atomic(run_dir / "decision.json", decision)

@@ -112,6 +112,7 @@ def test_the_first_accepted_version_is_a_paired_reference_like_production():
     assert not d["passed"] and "first accepted version" in d["reason"] and "-0.0700..-0.0200" in d["reason"]
     row = d["checks"][0]
     assert row["first"] == 0.85 and row["first_delta_ci95"] == significant["light.auc.rank"]
+    assert row["first_delta"] == pytest.approx(0.80 - 0.85)
     noisy = decide(
         {**GOOD, "light.auc.rank": 0.80}, None, policy, first=first, first_intervals={"light.auc.rank": [-0.09, 0.01]}
     )

@@ -16,11 +16,11 @@ DAGS_FOLDER = Path(os.environ.get("HAP_DAGS_FOLDER", Path(__file__).resolve().pa
 DAG_FILE = DAGS_FOLDER / "hap_daily.py"
 
 
+log = logging.getLogger(__name__)
+
 # SQLite's driver gives up on a write lock after 5 s; a standalone scheduler, its DAG processor and a
 # CLI call (``backfill create`` writing one run per day) contend for longer than that on 2 cores.
 # Airflow imports this dict by name (``[database] sql_alchemy_connect_args``).
-log = logging.getLogger(__name__)
-
 SQLITE_CONNECT_ARGS: dict[str, object] = {"timeout": 60}
 
 

@@ -290,9 +290,8 @@ def _gate(d: _Data) -> str:
         )
     rows, classes = [], []
     for c in d.decision.get("checks", []):
-        first_delta = None if c.get("first") is None else c["candidate"] - c["first"]
         rows.append([c["metric"], c.get("role", "decides"), c["status"], c.get("candidate"), c.get("production"),
-                     c.get("delta"), c.get("delta_ci95"), c.get("first"), first_delta, c.get("first_delta_ci95"),
+                     c.get("delta"), c.get("delta_ci95"), c.get("first"), c.get("first_delta"), c.get("first_delta_ci95"),
                      c.get("floor"), c.get("max_drop"), c.get("max_drop_vs_first"), c.get("ceiling"), c.get("examples"),
                      c.get("why")])  # fmt: skip
         classes.append("bad" if c["status"] == "fail" else "muted" if c["status"] != "pass" else "")

@@ -48,11 +48,8 @@ class DayOutcome:
 def steps_line(states: dict[str, str]) -> str:
     """The DAG's task states in the DAG's order (not Airflow's alphabetical one), e.g.
     ``steps: wait_for_partition=success, validate=success, train=success, gate=success, …``."""
-    order = ["wait_for_partition", *runlog.STEPS]
-    tasks = sorted(
-        (k for k in states if k not in ("dag_run", "why")),
-        key=lambda k: (k not in order, order.index(k) if k in order else 0, k),
-    )
+    rank = {task: i for i, task in enumerate(["wait_for_partition", *runlog.STEPS])}
+    tasks = sorted((k for k in states if k not in ("dag_run", "why")), key=lambda k: (rank.get(k, len(rank)), k))
     if not tasks:
         return f"no step ran ({states.get('why', 'no task state recorded')})"
     return "steps: " + ", ".join(f"{k}={states[k]}" for k in tasks)
