@@ -193,7 +193,8 @@ def decide(
     passed = not failed
     basis = "drops vs production" if production else "no production model yet"
     basis += ", vs the first accepted version" if first else ", first run (nothing accepted before)"
-    basis += " (replayed on today's requests), routing vs light alone"
+    basis += " (replayed on today's requests)" if production or first else ""
+    basis += ", routing vs light alone"
     reason = f"all counted slices pass ({basis})" if passed else "; ".join(f"{c['metric']}: {c['why']}" for c in failed)
     return {"passed": passed, "reason": reason, "basis": basis, "checks": checks}
 

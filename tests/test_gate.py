@@ -30,6 +30,8 @@ GOOD = {
 def test_first_model_is_judged_on_floors_alone():
     d = decide(GOOD, None, POLICY)
     assert d["passed"] and "no production model yet" in d["basis"]
+    assert "replayed" not in d["basis"]  # nothing was replayed: the basis does not say so
+    assert "replayed on today's requests" in decide(GOOD, GOOD, POLICY)["basis"]
     assert not decide({**GOOD, "light.auc.rank": 0.55}, None, POLICY)["passed"]
 
 
