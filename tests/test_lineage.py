@@ -67,6 +67,18 @@ def test_run_lineage_names_every_window_day_with_its_verdict(tmp_path):
     assert record["code"]["commit"] and len(record["config_sha256"]) == 16
 
 
+def test_a_change_of_orchestration_alone_keeps_the_training_inputs():
+    """The gate policy's path (a per-test file in test_ops) once made a rerun train again, and a retrain
+    is not always bit-identical on a busy machine: the rerun registered a second version of the day."""
+    from workflow.flow import TRAINING_INPUTS, training_config_hash
+
+    base = HapConfig.from_dict({"window_days": 2})
+    judged_elsewhere = HapConfig.from_dict({"window_days": 2, "orchestration": {"gate_policy": "/tmp/other.yaml"}})
+    assert training_config_hash(base) == training_config_hash(judged_elsewhere)
+    assert training_config_hash(base) != training_config_hash(HapConfig.from_dict({"window_days": 3}))
+    assert "training_config_sha256" in TRAINING_INPUTS and "config_sha256" not in TRAINING_INPUTS
+
+
 def test_actor_names_the_airflow_run_or_the_user(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CTX_DAG_RUN_ID", raising=False)
     assert lineage.actor().endswith("(hap CLI)")

@@ -142,7 +142,18 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
 
 
 # What a trained run depends on: equal values give equal weights and evaluation (training is deterministic).
-TRAINING_INPUTS = ("code", "config_sha256", "libraries", "data", "production_at_training", "anchor_at_training")
+TRAINING_INPUTS = (
+    "code", "training_config_sha256", "libraries", "data", "production_at_training", "anchor_at_training",
+)  # fmt: skip
+
+
+def training_config_hash(cfg: HapConfig) -> str:
+    """The configuration a trained run depends on: all of it but ``orchestration`` (waits, retries,
+    alerts, the gate policy's path), which never reaches the pipeline's outputs. A rerun that changes
+    only how the DAG runs or is judged reuses the day's trained run."""
+    config = json.loads(cfg.to_json())
+    config.pop("orchestration", None)
+    return config_hash(json.dumps(config))
 
 
 def outputs_hash(run_dir: Path) -> str:
@@ -180,6 +191,7 @@ def run_lineage(ds: str, ws: Workspace, cfg: HapConfig) -> dict[str, Any]:
         "ds": ds,
         "code": {**code_revision(), "training_code_sha256": training_code_hash()},
         "config_sha256": config_hash(cfg.to_json()),
+        "training_config_sha256": training_config_hash(cfg),
         "libraries": library_versions(),
         "data": data_lineage(ws.data, days, {d: ws.validation_status(d) for d in days}),
         "trained_by": actor(),
