@@ -1,5 +1,6 @@
 """The training pipeline's graph: prepare → train_light → train_expressive (warm-started from light)
-→ evaluate. Only the graph: each component is one documented function in its own module, the logic
+→ evaluate; and the re-evaluation graph (prepare → evaluate of a day's trained models, imported),
+which a local rerun uses when only the versions it is judged against changed. Only the graph: each component is one documented function in its own module, the logic
 is in ``models`` and the runners (local, cluster) are in ``components.runners``.
 
 The compiled package (``components/pipeline.yaml``, kept fresh by a test) is what a cluster runs.
@@ -66,6 +67,24 @@ def build_pipeline(job: TrainJobConfig = TrainJobConfig()):  # noqa: B008 - a fr
 
 
 hap_training = build_pipeline()
+
+
+@dsl.pipeline(name="hap-reevaluation", description="Evaluate a day's trained models again (local runs)")
+def hap_reevaluation(
+    workspace_root: str, ds: str, config_json: str, light_uri: str, expressive_uri: str,
+    production_dir: str = "", anchor_dir: str = "",
+) -> Artifact:  # fmt: skip
+    """The day's held-out requests encoded again (``prepare`` is deterministic: no float arithmetic
+    a thread could reorder) and the models already trained from the same inputs, imported as they
+    are, judged against today's production and anchor."""
+    prep = prepare_op(workspace_root=workspace_root, ds=ds, config_json=config_json)
+    light = dsl.importer(artifact_uri=light_uri, artifact_class=Model, reimport=True)
+    expressive = dsl.importer(artifact_uri=expressive_uri, artifact_class=Model, reimport=True)
+    ev = evaluate_op(
+        prepared=prep.outputs["prepared"], light=light.output, expressive=expressive.output,
+        production_dir=production_dir, config_json=config_json, anchor_dir=anchor_dir,
+    )  # fmt: skip
+    return ev.outputs["evaluation"]
 
 
 def compile_pipeline(path: str | Path = COMPILED, job: TrainJobConfig | None = None) -> Path:

@@ -3,8 +3,11 @@
 ``run_local``: the KFP local subprocess runner on this machine (``use_venv=False``: the installed
 project, offline). ``run_cluster``: the compiled package submitted to a Kubeflow Pipelines API.
 Both publish the same three outputs into ``$HAP_HOME/runs/ds=…/``, replacing the day's previous ones.
+``reevaluate_local``: the local runner judging a day's trained models again (only ``evaluation.json``
+is replaced).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -14,11 +17,11 @@ import kfp
 from kfp import local
 
 from components.evaluate import evaluate_op
-from components.pipeline import compile_pipeline, hap_training
+from components.pipeline import compile_pipeline, hap_reevaluation, hap_training
 from components.train_expressive import train_expressive_op
 from components.train_light import train_light_op
 from hap.config import HapConfig
-from hap.workspace import fresh_dir
+from hap.workspace import fresh_dir, write_json_atomic
 
 # The pipeline's outputs and the files they become in the day's run directory.
 PUBLISHED = {(train_light_op.name, "model"): "light", (train_expressive_op.name, "model"): "expressive",
@@ -58,6 +61,23 @@ def run_local(
     # the runner's own per-run copies are scratch: drop them so reruns do not pile up
     shutil.rmtree(Path(task.outputs["light"].path).parents[1], ignore_errors=True)
     return out
+
+
+def reevaluate_local(
+    workspace_root: str, ds: str, config_json: str, production_dir: str, run_dir: str | Path, anchor_dir: str = ""
+) -> dict:
+    """Evaluate the models in ``run_dir`` again (the KFP local runner, ``hap_reevaluation``) and
+    replace its ``evaluation.json``; the models stay as they are, byte for byte."""
+    run_dir = Path(run_dir)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(workspace_root) / "kfp"))
+    task = hap_reevaluation(
+        workspace_root=workspace_root, ds=ds, config_json=config_json, light_uri=str(run_dir / "light"),
+        expressive_uri=str(run_dir / "expressive"), production_dir=production_dir, anchor_dir=anchor_dir,
+    )  # fmt: skip
+    evaluation = Path(task.output.path)
+    write_json_atomic(run_dir / "evaluation.json", json.loads(evaluation.read_text()))
+    shutil.rmtree(evaluation.parents[1], ignore_errors=True)  # the runner's scratch copy
+    return {"run_dir": str(run_dir), "light": str(run_dir / "light"), "expressive": str(run_dir / "expressive")}
 
 
 def locate_outputs(fs, pipeline_root: str, run_id: str) -> dict[str, str]:

@@ -62,8 +62,9 @@ def train_model(
     ctx = ctx or DistContext(device=pick_device(train_cfg.device, 0))
     device = torch.device(ctx.device)
     torch.manual_seed(train_cfg.seed)
-    # Bit-reproducible weights whatever the thread scheduling: a rerun of a day yields the same
-    # content hash, hence the same registry version (idempotent by ds). CUDA kernels only warn.
+    # Reproducible weights for a seed (CUDA kernels only warn). Not bit-exact in every fresh process
+    # (a float sum's last bit, seen about once in 20 runs), so a day's rerun keeps its trained
+    # models rather than training again (workflow.flow.train): one day, one registry version.
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.set_num_threads(max(1, train_cfg.threads // ctx.local_world))  # ranks on one machine share its cores
     model = PreRanker(model_cfg, spec).to(device)

@@ -118,7 +118,14 @@ def test_daily_run_validates_trains_gates_and_serves(ws, server, first_day):
 
 
 def test_rerunning_a_day_creates_no_duplicates(ws, server, day_one_serving):
+    weights = (ws.run_dir(FIRST) / "light" / "weights.pt").read_bytes()
     assert run_day(FIRST, ws)["dag_run"] == "success"
+    # production is now the day's own version: the models are kept byte for byte and judged again
+    lineage = json.loads((ws.run_dir(FIRST) / "lineage.json").read_text())
+    assert "reevaluated" in lineage and lineage["production_at_training"]["version"] == V1, lineage
+    assert (ws.run_dir(FIRST) / "light" / "weights.pt").read_bytes() == weights
+    evaluation = json.loads((ws.run_dir(FIRST) / "evaluation.json").read_text())
+    assert evaluation["production_version"] == V1 and evaluation["production"] is not None  # replayed
     assert json.loads((ws.run_dir(FIRST) / "promotion.json").read_text())["version"] == V1  # same content, same version
     assert [m["version"] for m in Registry(ws).versions() if m["ds"] == FIRST] == [V1]
     assert len(list((ws.root / "runs").glob(f"ds={FIRST}*"))) == 1

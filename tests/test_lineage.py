@@ -108,3 +108,23 @@ def test_a_run_is_reused_only_for_the_same_inputs_and_intact_outputs(tmp_path):
     (run / "light" / "weights.pt").write_bytes(b"tampered")
     assert reusable_run(run, "k1") is None  # outputs changed since training: train again
     assert reusable_run(tmp_path / "absent", "k1") is None
+
+
+def test_models_are_kept_only_for_the_same_model_inputs_and_intact_weights(tmp_path):
+    from registry.store import content_hash
+    from workflow.flow import MODEL_INPUTS, TRAINING_INPUTS, reusable_models
+
+    assert set(MODEL_INPUTS) < set(TRAINING_INPUTS)  # what the models are judged against is not a model input
+    assert not {"production_at_training", "anchor_at_training"} & set(MODEL_INPUTS)
+    run = tmp_path / "ds=2026-01-02"
+    for part in ("light", "expressive"):
+        (run / part).mkdir(parents=True)
+        (run / part / "weights.pt").write_bytes(part.encode() * 10)
+    earlier = {"model_inputs_sha256": "m1", "models_sha256": content_hash(run), "trained_at": "t", "trained_by": "b"}
+    (run / "lineage.json").write_text(json.dumps(earlier))
+    (run / "evaluation.json").write_text('{"k": 100}')  # the evaluation is redone: it does not count
+    assert reusable_models(run, "m1") == earlier
+    assert reusable_models(run, "m2") is None  # other data, code, config or libraries: train again
+    (run / "light" / "weights.pt").write_bytes(b"tampered")
+    assert reusable_models(run, "m1") is None  # weights changed since training: train again
+    assert reusable_models(tmp_path / "absent", "m1") is None

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from components.runners import run_cluster, run_local
+from components.runners import reevaluate_local, run_cluster, run_local
 from expectations.validate import ValidationFailed, describe, validate_day
 from hap.config import HapConfig
 from hap.contract import partition_dir
@@ -97,34 +97,40 @@ def validation_links(ds: str, ws: Workspace | None = None) -> str:
 def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, retrain: bool = False) -> str:
     """Run the KFP training pipeline for the day's window; returns the day's run directory.
 
-    Training is deterministic, so a rerun whose inputs are all unchanged (the window's partitions
-    and verdicts, the config, the training code, the libraries, the production model it is compared
-    with) reuses the day's trained run instead of training again; ``retrain`` forces a new run."""
+    A rerun whose inputs are all unchanged (the window's partitions and verdicts, the config, the
+    training code, the libraries, the production and anchor versions it is compared with) reuses the
+    day's trained run. When only production or the anchor changed (a rerun after the day deployed),
+    the day's models are kept byte for byte and judged again (``reevaluate_local``): retraining would
+    give the same weights up to the last bit of a float sum, and a last bit is a new registry version.
+    ``retrain`` forces a new run."""
     ws, cfg = ws or Workspace.from_env(), cfg or load_config()
     registry = Registry(ws)
-    prod = registry.production()
+    prod, first = registry.production(), registry.first_accepted()  # first: the anchor, replayed beside production
     prod_dir = str(registry.version_dir(prod["version"])) if prod else ""
-    lineage = run_lineage(ds, ws, cfg)  # the data as training found it, before it reads any
-    first = registry.first_accepted()  # the anchor: replayed on today's requests beside production
     anchor_dir = str(registry.version_dir(first["version"])) if first else ""
-    for key, version in (
-        ("production_at_training", prod and prod["version"]),
-        ("anchor_at_training", first and first["version"]),
-    ):
-        manifest = (read_json_object(registry.version_dir(version) / "manifest.json") if version else None) or {}
+    lineage = run_lineage(ds, ws, cfg)  # the data as training found it, before it reads any
+    for key, ref in (("production_at_training", prod), ("anchor_at_training", first)):
+        manifest = (read_json_object(registry.version_dir(ref["version"]) / "manifest.json") if ref else None) or {}
         lineage[key] = {"version": manifest.get("version"), "content": manifest.get("content_hash")}
-    lineage["inputs_sha256"] = text_hash(json.dumps({k: lineage[k] for k in TRAINING_INPUTS}, sort_keys=True))
+    for key, names in (("model_inputs_sha256", MODEL_INPUTS), ("inputs_sha256", TRAINING_INPUTS)):
+        lineage[key] = text_hash(json.dumps({k: lineage[k] for k in names}, sort_keys=True))
     run_dir = ws.run_dir(ds)
     # on a cluster the code that trains is an image whose tag may move: train there every time
-    earlier = None if retrain or cfg.kfp.mode == "cluster" else reusable_run(run_dir, lineage["inputs_sha256"])
-    if earlier is not None:
+    local = cfg.kfp.mode == "local" and not retrain
+    earlier = reusable_run(run_dir, lineage["inputs_sha256"]) if local else None
+    models = reusable_models(run_dir, lineage["model_inputs_sha256"]) if local and earlier is None else None
+    if earlier is not None or models is not None:
         for name in ("decision.json", "decision.md", "promotion.json"):  # judged afresh by the steps after
             (run_dir / name).unlink(missing_ok=True)
-        lineage.update(trained_at=earlier["trained_at"], trained_by=earlier["trained_by"],
-                       reused={"at": dt.datetime.now(dt.UTC).isoformat(), "by": actor()})  # fmt: skip
-        log.warning("ds=%s: inputs unchanged since the run trained at %s: reusing it (retrain forces a new one)",
-                    ds, earlier["trained_at"])  # fmt: skip
-        out = {"run_dir": str(run_dir)}
+        kept = earlier or models
+        how = "reused" if earlier is not None else "reevaluated"
+        lineage.update({"trained_at": kept["trained_at"], "trained_by": kept["trained_by"],
+                        how: {"at": dt.datetime.now(dt.UTC).isoformat(), "by": actor()}})  # fmt: skip
+        log.warning("ds=%s: %s the run trained at %s (retrain forces a new one)", ds,
+                    "inputs unchanged: reusing" if earlier else "models' inputs unchanged: evaluating again",
+                    kept["trained_at"])  # fmt: skip
+        out = ({"run_dir": str(run_dir)} if earlier else
+               reevaluate_local(str(ws.root), ds, cfg.to_json(), prod_dir, run_dir, anchor_dir))  # fmt: skip
     elif cfg.kfp.mode == "cluster":
         out = run_cluster(cfg, str(ws.root), ds, prod_dir, run_dir, anchor_dir)
     elif cfg.kfp.mode == "local":
@@ -136,15 +142,16 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
     evaluation["production_version"] = prod["version"] if prod else None
     write_json_atomic(evaluation_path, evaluation)
     lineage["trained_days"] = evaluation["holdout"]["days"]
+    lineage["models_sha256"] = content_hash(Path(out["run_dir"]))
     lineage["outputs_sha256"] = outputs_hash(Path(out["run_dir"]))
     write_json_atomic(Path(out["run_dir"]) / "lineage.json", lineage)
     return out["run_dir"]
 
 
-# What a trained run depends on: equal values give equal weights and evaluation (training is deterministic).
-TRAINING_INPUTS = (
-    "code", "training_config_sha256", "libraries", "data", "production_at_training", "anchor_at_training",
-)  # fmt: skip
+# What the trained models depend on: equal values give equal weights (training is deterministic).
+MODEL_INPUTS = ("code", "training_config_sha256", "libraries", "data")
+# What a trained run (models and evaluation) depends on: the models' inputs and what they are judged against.
+TRAINING_INPUTS = (*MODEL_INPUTS, "production_at_training", "anchor_at_training")
 
 
 def training_config_hash(cfg: HapConfig) -> str:
@@ -176,9 +183,22 @@ def reusable_run(run_dir: Path, inputs_sha256: str) -> dict[str, Any] | None:
         return None
 
 
+def reusable_models(run_dir: Path, model_inputs_sha256: str) -> dict[str, Any] | None:
+    """The day's earlier run when its models were trained from the same inputs and are intact."""
+    try:
+        earlier = json.loads((run_dir / "lineage.json").read_text())
+        if earlier.get("model_inputs_sha256") != model_inputs_sha256:
+            return None
+        return earlier if content_hash(run_dir) == earlier.get("models_sha256") else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _train_outcome(run_dir: Path) -> str:
     ev = json.loads((run_dir / "evaluation.json").read_text())["candidate"]
-    reused = "reused (inputs unchanged); " if "reused" in json.loads((run_dir / "lineage.json").read_text()) else ""
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    reused = ("reused (inputs unchanged); " if "reused" in lineage else
+              "models reused, evaluated again (production or anchor changed); " if "reevaluated" in lineage else "")  # fmt: skip
     return (f"{reused}light AUC {ev['light.auc.overall']:.4f}; K={ev['system.k']}: system {ev['system.value']:.4f} "
             f"vs light alone {ev['system.light_value']:.4f}")  # fmt: skip
 
