@@ -27,7 +27,8 @@ One run per logical day `ds`:
    pipeline `hap-daily-training`; outputs in `$HAP_HOME/runs/ds=<ds>/`.
 3. **gate** on AUC by difficulty slice vs. the production model (`orchestration.gate_policy`, by
    default `configs/gate_policy.yaml`).
-   A failed gate skips package and deploy: the serving model stays as it was.
+   A refusal shows as the gate task **skipped** (its log says why) and skips package and deploy;
+   the run stays a success: the serving model stays as it was.
 4. **package** the version (`.mar`, registry version), then **promote** decides whether it may
    replace production: a backfill never demotes a model trained on newer data (unless
    `force_deploy` with a `force_reason`); `skip_deploy` stops here. Recorded in `promotion.json`.
@@ -43,7 +44,8 @@ Every task's page links the day's report and its Data Docs (*HAP daily report*, 
 (validation)*); its *Docs* tab says what it does and where to look.
 
 Every step is idempotent for its `ds`; a rerun whose training inputs are all unchanged reuses the
-day's trained run (`retrain` forces a new one). Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
+day's trained run, and one where only production or the anchor changed keeps its models and
+evaluates them again (`retrain` forces a new run). Failures write an alert (`$HAP_HOME/alerts/alerts.jsonl` +
 `$HAP_ALERT_NOTIFIER`) naming the runbook section; a run still going `orchestration.run_deadline_h`
 hours after it was queued alerts too. `window_days` and `kfp_mode` left empty take `$HAP_CONFIG`'s.
 On-call: `docs/runbook.md` (backfill, rerun one day, inspect a failed validation, roll back).
@@ -82,7 +84,9 @@ model on the hard sources); the log shows each epoch's progress, loss and sample
 `$HAP_HOME/runs/ds=<ds>/` (models, `evaluation.json`, `lineage.json`: code revision, config hash, partition
 fingerprints, library versions).""",
     "gate": """Judges the run on AUC per difficulty slice vs production and the first accepted version, both replayed
-on the day's held-out requests (paired deltas), and on routing (`configs/gate_policy.yaml`). A FAIL skips package/promote/deploy: serving is unchanged.
+on the day's held-out requests (paired deltas), and on routing (`configs/gate_policy.yaml`). A refusal
+leaves this task **skipped** (its log: `REFUSED by the gate, serving unchanged: <reasons>`) and skips
+package/promote/deploy; the run stays a success: serving is unchanged.
 Look at: `$HAP_HOME/runs/ds=<ds>/decision.md` and the report's *Gate* section.""",
     "package": """Registers the gated run as a version (`$HAP_HOME/registry/versions/<version>/`, manifest with
 lineage) and builds its TorchServe archive.""",
@@ -187,15 +191,19 @@ def hap_daily():
 
         return flow.train(ds, cfg=flow.load_config(params), retrain=bool((params or {}).get("retrain")))
 
-    @task.short_circuit(
-        ignore_downstream_trigger_rules=True, execution_timeout=dt.timedelta(minutes=10), doc_md=TASK_DOCS["gate"]
-    )
+    # A refusal is the gate task's own state in the grid: skipped (not green), its log saying why;
+    # package/promote/deploy are skipped after it and the run stays a success: serving is unchanged.
+    @task(execution_timeout=dt.timedelta(minutes=10), doc_md=TASK_DOCS["gate"])
     def gate(run_dir: str, params: dict | None = None, ds: str | None = None) -> bool:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from workflow import flow  # deferred: torch and kfp stay out of DAG parsing
 
         decision = flow.gate(ds, run_dir=run_dir, cfg=flow.load_config(params))
         print(f"gate ds={ds}: {'PASS' if decision['passed'] else 'FAIL'} — {decision['reason']}")
-        return decision["passed"]
+        if not decision["passed"]:
+            raise AirflowSkipException(f"REFUSED by the gate, serving unchanged: {decision['reason']}")
+        return True
 
     @task(execution_timeout=dt.timedelta(minutes=20), doc_md=TASK_DOCS["package"])
     def package(run_dir: str, params: dict | None = None, ds: str | None = None) -> str:

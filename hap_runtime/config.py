@@ -14,6 +14,11 @@ from typing import Literal
 # the two tower outputs, so an item's vector never depends on the request).
 Arch = Literal["interaction", "two_tower"]
 SimilarityKind = Literal["cosine", "dot"]
+# How a numeric (``bucket``) feature's bucket index becomes a vector (``hap_runtime.nets.Embeddings``):
+# "bucket" (a free row per bucket) or "cumulative" (bucket i's vector is the sum of per-bucket
+# steps 1..i, so neighbouring buckets share all but one step: an ordered column with many thin
+# buckets trains like a smooth function of its value instead of unrelated rows).
+NumericEmbedding = Literal["bucket", "cumulative"]
 
 # Files of the model folder inside an archive (written at packaging, read by the scorer).
 ROUTING_FILE = "routing.json"
@@ -33,10 +38,13 @@ class ModelConfig:
     attention_dims: tuple[int, ...] = (32,)
     arch: Arch = "interaction"
     similarity: SimilarityKind = "cosine"  # two_tower: cosine with a learned temperature, or a scaled dot product
+    numeric: NumericEmbedding = "bucket"
 
     def __post_init__(self) -> None:
         if self.arch not in ("interaction", "two_tower") or self.similarity not in ("cosine", "dot"):
             raise ValueError(f"arch must be interaction or two_tower and similarity cosine or dot, got {self}")
+        if self.numeric not in ("bucket", "cumulative"):
+            raise ValueError(f"numeric must be bucket or cumulative, got {self.numeric!r}")
         if self.arch == "two_tower" and self.attention:
             raise ValueError("a two_tower model is decoupled: target attention reads the item, set attention: false")
 

@@ -28,18 +28,31 @@ class Embeddings(nn.Module):
     (the same rows, so the same numbers); training mode drops the fused copy.
     """
 
-    def __init__(self, spec: FeatureSpec, dim: int) -> None:
+    def __init__(self, spec: FeatureSpec, dim: int, numeric: str = "bucket") -> None:
         super().__init__()
         self.spec = spec
         self.tables = nn.ModuleDict(
             {f.name: nn.Embedding(f.table_size, dim) for f in spec.features if f.kind != "sequence"}
         )
+        # cumulative: the rows of a numeric feature's table are steps; bucket i's vector sums steps 1..i
+        self.cumulative = frozenset(f.name for f in spec.features if f.kind == "bucket" and numeric == "cumulative")
+        with torch.no_grad():
+            for name in self.cumulative:  # steps small enough that the last bucket's sum is of unit scale
+                self.tables[name].weight[2:] /= math.sqrt(max(1, self.tables[name].num_embeddings - 2))
         self._fused: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def weight(self, name: str) -> torch.Tensor:
+        """Feature ``name``'s (rows, D) vectors: its table, or for a cumulative feature row 0
+        (missing) as it is and row i ≥ 1 the sum of rows 1..i."""
+        w = self.tables[name].weight
+        if name not in self.cumulative:
+            return w
+        return torch.cat([w[:1], torch.cumsum(w[1:], dim=0)])
 
     def fuse(self) -> None:
         for side in ("user", "item"):
             names = tuple(f.name for f in self.spec.side(side))
-            weights = [self.tables[n].weight.detach() for n in names]
+            weights = [self.weight(n).detach() for n in names]
             offsets = torch.tensor([0, *torch.cumsum(torch.tensor([w.shape[0] for w in weights]), 0)[:-1].tolist()])
             self._fused[names] = (torch.cat(weights), offsets)
 
@@ -54,7 +67,7 @@ class Embeddings(nn.Module):
         if fused is not None:
             weight, offsets = fused
             return nn.functional.embedding(x + offsets, weight).flatten(1)  # (N, F, D) → (N, F * D)
-        return torch.cat([self.tables[f.name](x[:, j]) for j, f in enumerate(feats)], dim=-1)
+        return torch.cat([nn.functional.embedding(x[:, j], self.weight(f.name)) for j, f in enumerate(feats)], dim=-1)
 
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L) → (B, L, D); padding rows (index 0) are zeroed by the caller's mask."""
@@ -159,7 +172,7 @@ class PreRanker(nn.Module):
         self.cfg, self.spec = cfg, spec
         self.user_feats, self.item_feats = spec.side("user"), spec.side("item")
         d, t = cfg.emb_dim, cfg.tower_dim
-        self.embeddings = Embeddings(spec, d)
+        self.embeddings = Embeddings(spec, d, cfg.numeric)
         self.user_tower = UserTower(len(self.user_feats), d, t)
         self.item_tower = ItemTower(len(self.item_feats), d, t)
         self.attention = TargetAttention(d, cfg.attention_dims) if cfg.attention else None

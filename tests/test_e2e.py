@@ -160,7 +160,7 @@ def test_gate_failure_skips_package_and_deploy(ws, server, second_day, tmp_path,
     else:
         promoted = (run_dir / "promotion.json").exists()
     assert not promoted
-    assert states["gate"] == "success" and states["dag_run"] == "success", states
+    assert states["gate"] == "skipped" and states["dag_run"] == "success", states  # the refusal shows in the grid
     assert states["package"] == states["promote"] == states["deploy"] == "skipped", states
     assert not decision["passed"]
     outcome = day_outcome(ws, GATE_FAIL, states)  # what `hap run-day` says last, and its exit code
@@ -182,9 +182,9 @@ def test_the_shipped_policy_judges_the_second_day_against_production(ws, server,
 
     shipped = yaml.safe_load(DEFAULT_POLICY.read_text())["metrics"]
     states = second_day.states
-    assert states["gate"] == "success" and states["dag_run"] == "success", states
-    evaluation = json.loads((ws.run_dir(GATE_FAIL) / "evaluation.json").read_text())
     decision = json.loads((ws.run_dir(GATE_FAIL) / "decision.json").read_text())
+    assert states["gate"] == ("success" if decision["passed"] else "skipped") and states["dag_run"] == "success"
+    evaluation = json.loads((ws.run_dir(GATE_FAIL) / "evaluation.json").read_text())
     assert decision["production_version"] == evaluation["production_version"] == V1
     assert evaluation["first_accepted"]["version"] == V1
     checks = {c["metric"]: c for c in decision["checks"]}

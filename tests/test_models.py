@@ -234,3 +234,20 @@ def test_model_config_refuses_a_coupled_two_tower_and_unknown_choices():
         ModelConfig(arch="two_tower", attention=True)
     with pytest.raises(ValueError, match="arch"):
         HapConfig.from_dict({"light": {"arch": "three_tower"}})
+    with pytest.raises(ValueError, match="numeric"):
+        HapConfig.from_dict({"light": {"numeric": "thermometer"}})
+
+
+def test_a_cumulative_numeric_embedding_sums_the_steps_up_to_its_bucket_and_serves_what_it_trained(data, tmp_path):
+    cfg = dataclasses.replace(FAST.light, numeric="cumulative")
+    model, _ = train_model(data, cfg, FAST.light_loss, FAST.train, DEFAULT_SPEC)
+    emb, name = model.embeddings, "item_ctr_7d"
+    steps, vectors = emb.tables[name].weight.detach(), emb.weight(name).detach()
+    assert torch.equal(vectors[0], steps[0])  # missing stays its own row
+    assert torch.allclose(vectors[3] - vectors[2], steps[3], atol=1e-6)  # neighbours differ by one step
+    assert torch.allclose(vectors[-1], steps[1:].sum(0), atol=1e-5)
+    assert torch.equal(emb.weight("item_id"), emb.tables["item_id"].weight)  # ids stay plain rows
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")  # eval mode, fused lookups: the cumulative rows precomputed
+    assert loaded.cfg.numeric == "cumulative"
+    assert np.allclose(predict(model, data), predict(loaded, data), atol=1e-6)

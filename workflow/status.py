@@ -47,7 +47,7 @@ class DayOutcome:
 
 def steps_line(states: dict[str, str]) -> str:
     """The DAG's task states in the DAG's order (not Airflow's alphabetical one), e.g.
-    ``steps: wait_for_partition=success, validate=success, train=success, gate=success, …``."""
+    ``steps: wait_for_partition=success, validate=success, train=success, gate=skipped, …`` (a refusal)."""
     rank = {task: i for i, task in enumerate(["wait_for_partition", *runlog.STEPS])}
     tasks = sorted((k for k in states if k not in ("dag_run", "why")), key=lambda k: (rank.get(k, len(rank)), k))
     if not tasks:
