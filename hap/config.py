@@ -454,17 +454,20 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
-    """Recursively build a dataclass from a dict, failing loudly on unknown keys."""
+    """Recursively build a dataclass from a dict, failing loudly on unknown keys. A section given in
+    part keeps the rest of that field's own default (``expressive: {numeric: …}`` stays the
+    expressive model, attention and all, not a bare ``ModelConfig()``)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            kwargs[name] = _build(hint, value)
+            default = _field_default(fields[name])
+            kwargs[name] = _build(hint, (dataclasses.asdict(default) if default is not None else {}) | value)
         elif typing.get_origin(hint) is tuple:
             kwargs[name] = tuple(value)
         elif typing.get_origin(hint) is Literal:
@@ -474,3 +477,10 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (from its factory if it has one), ``None`` if it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default

@@ -181,9 +181,14 @@ def validation_score(model: PreRanker, valid: EncodedData) -> float:
 
 def warm_start(model: PreRanker, init: PreRanker) -> list[str]:
     """Copy every parameter of ``init`` whose name and shape ``model`` shares (embeddings, towers);
-    the rest (attention, the deeper MLP, the head) keep their fresh initialisation."""
+    the rest (attention, the deeper MLP, the head) keep their fresh initialisation, and so do numeric
+    tables embedded another way (bucket rows vs cumulative steps)."""
     own, src = model.state_dict(), init.state_dict()
-    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("mlp.", "head."))]
+    # a numeric table's rows mean buckets or cumulative steps (ModelConfig.numeric): copy only like for like
+    numeric = {f"embeddings.tables.{f.name}.weight" for f in init.spec.features if f.kind == "bucket"}
+    skip = numeric if model.cfg.numeric != init.cfg.numeric else set()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and k not in skip
+              and not k.startswith(("mlp.", "head."))]  # fmt: skip
     model.load_state_dict({**own, **{k: src[k].detach().clone() for k in copied}})
     return copied
 

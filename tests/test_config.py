@@ -24,6 +24,15 @@ def test_config_file_overrides_only_given_keys(tmp_path):
     assert cfg.train.lr == HapConfig().train.lr
 
 
+def test_a_section_given_in_part_keeps_the_rest_of_its_own_default(tmp_path):
+    path = tmp_path / "hap.yaml"
+    path.write_text("expressive:\n  numeric: cumulative\nexpressive_loss:\n  mode: bce\n")
+    cfg, default = HapConfig.load(path), HapConfig()
+    assert cfg.expressive.numeric == "cumulative" and cfg.expressive_loss.mode == "bce"
+    assert cfg.expressive.attention and cfg.expressive.mlp_dims == default.expressive.mlp_dims  # not ModelConfig()
+    assert cfg.expressive_loss.source_weights == default.expressive_loss.source_weights  # the hard sources only
+
+
 def test_modes_are_checked_when_a_config_loads():
     for section, key, bad in (("kfp", "mode", "clustr"), ("light_loss", "mode", "infonce"), ("job", "launcher", "ssh"),
                               ("light_loss", "harmonize", "pcgrad"), ("orchestration", "sensor_mode", "sleep")):  # fmt: skip

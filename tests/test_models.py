@@ -251,3 +251,10 @@ def test_a_cumulative_numeric_embedding_sums_the_steps_up_to_its_bucket_and_serv
     loaded = load_model(tmp_path / "m")  # eval mode, fused lookups: the cumulative rows precomputed
     assert loaded.cfg.numeric == "cumulative"
     assert np.allclose(predict(model, data), predict(loaded, data), atol=1e-6)
+    from models.train import warm_start
+
+    plain = PreRanker(FAST.expressive, DEFAULT_SPEC)  # bucket rows: steps would mean something else there
+    copied = warm_start(plain, model)
+    assert "embeddings.tables.item_id.weight" in copied and f"embeddings.tables.{name}.weight" not in copied
+    same = PreRanker(dataclasses.replace(FAST.expressive, numeric="cumulative"), DEFAULT_SPEC)
+    assert f"embeddings.tables.{name}.weight" in warm_start(same, model)
