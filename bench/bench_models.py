@@ -15,7 +15,8 @@ its paired-bootstrap 95% interval (same pooled requests), Recall@100 vs today's 
 (interaction × GHCL) with its paired interval, FLOPs per candidate (N = 1,000), training samples/s.
 
 Run: .venv/bin/python bench/bench_models.py [--worlds mind 0 4] [--requests 1500] [--boot 500]
-Writes bench/results/models.json and docs/models_margin.png; prints a Markdown table.
+[--buckets N] [--tag T]. Writes bench/results/models[-T].json and docs/models_margin[-T].png; prints
+a Markdown table.
 """
 
 import argparse
@@ -47,16 +48,19 @@ TWO_TOWER = ModelConfig(arch="two_tower")
 VARIANTS = {  # name: (light model, light loss)
     DEFAULT: (ModelConfig(), LossConfig()),
     "interaction × bce": (ModelConfig(), LossConfig(mode="bce")),
+    "interaction(cumulative) × bce": (ModelConfig(numeric="cumulative"), LossConfig(mode="bce")),
     "interaction × softmax": (ModelConfig(), LossConfig(mode="softmax")),
     "two_tower(cosine) × bce": (TWO_TOWER, LossConfig(mode="bce")),
     "two_tower(dot) × bce": (dataclasses.replace(TWO_TOWER, similarity="dot"), LossConfig(mode="bce")),
 }
 
 
-def mind_runs(root: Path) -> tuple[HapConfig, list[Path]]:
+def mind_runs(root: Path, buckets: int = 0) -> tuple[HapConfig, list[Path]]:
     from samples.ingest import ingest
 
     cfg = HapConfig.load(ROOT / "configs" / "real_logs.yaml")
+    if buckets:  # another resolution than the shipped fit
+        cfg = dataclasses.replace(cfg, transform=dataclasses.replace(cfg.transform, buckets=buckets))
     ws = Workspace(root)
     days = ingest(MIND / "behaviors.tsv", "mind", ws.data, cfg, news=MIND / "news.tsv")
     for day in days:
@@ -178,19 +182,24 @@ def main() -> None:
     p.add_argument("--worlds", nargs="+", default=["mind", "0", "4"], help="mind and/or simulated β values")
     p.add_argument("--requests", type=int, default=1500, help="requests per simulated day")
     p.add_argument("--boot", type=int, default=500)
+    p.add_argument("--buckets", type=int, default=0, help="the MIND world's fitted buckets (default: real_logs.yaml's)")
+    p.add_argument("--tag", default="", help="suffix of the outputs' names (a partial run keeps the full one's)")
     args = p.parse_args()
     results: dict[str, dict] = {}
     t0 = time.time()
     for w in args.worlds:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg, prepared = mind_runs(Path(tmp)) if w == "mind" else sim_runs(Path(tmp), float(w), args.requests)
+            cfg, prepared = (
+                mind_runs(Path(tmp), args.buckets) if w == "mind" else sim_runs(Path(tmp), float(w), args.requests)
+            )
             name = "MIND slice" if w == "mind" else f"simulated β = {w}"
             results[name] = run_world(cfg, prepared, args.boot)
             print(markdown(name, results[name]), "\n", flush=True)
-    out = ROOT / "bench" / "results" / "models.json"
+    suffix = f"-{args.tag}" if args.tag else ""
+    out, png = ROOT / "bench" / "results" / f"models{suffix}.json", ROOT / "docs" / f"models_margin{suffix}.png"
     out.write_text(json.dumps({"seconds": time.time() - t0, "worlds": results}, indent=1))
-    plot(results, ROOT / "docs" / "models_margin.png")
-    print(f"wrote {out} and docs/models_margin.png in {time.time() - t0:.0f} s")
+    plot(results, png)
+    print(f"wrote {out} and {png} in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
