@@ -1,7 +1,8 @@
 """The training pipeline's graph: prepare → train_light → train_expressive (warm-started from light)
 → evaluate; and the re-evaluation graph (prepare → evaluate of a day's trained models, imported),
-which a local rerun uses when only the versions it is judged against changed. Only the graph: each component is one documented function in its own module, the logic
-is in ``models`` and the runners (local, cluster) are in ``components.runners``.
+which a local rerun uses when only the versions it is judged against changed. Only the graph: each
+component is one documented function in its own module, the logic is in ``models`` and the runners
+(local, cluster) are in ``components.runners``.
 
 The compiled package (``components/pipeline.yaml``, kept fresh by a test) is what a cluster runs.
 Every task mounts the workspace volume (``job.workspace_pvc`` at ``job.workspace_mount``, declared

@@ -116,20 +116,16 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
         lineage[key] = text_hash(json.dumps({k: lineage[k] for k in names}, sort_keys=True))
     run_dir = ws.run_dir(ds)
     # on a cluster the code that trains is an image whose tag may move: train there every time
-    local = cfg.kfp.mode == "local" and not retrain
-    earlier = reusable_run(run_dir, lineage["inputs_sha256"]) if local else None
-    models = reusable_models(run_dir, lineage["model_inputs_sha256"]) if local and earlier is None else None
-    if earlier is not None or models is not None:
+    how, kept = earlier_run(run_dir, lineage) if cfg.kfp.mode == "local" and not retrain else (None, None)
+    if kept is not None:
         for name in ("decision.json", "decision.md", "promotion.json"):  # judged afresh by the steps after
             (run_dir / name).unlink(missing_ok=True)
-        kept = earlier or models
-        how = "reused" if earlier is not None else "reevaluated"
         lineage.update({"trained_at": kept["trained_at"], "trained_by": kept["trained_by"],
                         how: {"at": dt.datetime.now(dt.UTC).isoformat(), "by": actor()}})  # fmt: skip
         log.warning("ds=%s: %s the run trained at %s (retrain forces a new one)", ds,
-                    "inputs unchanged: reusing" if earlier else "models' inputs unchanged: evaluating again",
+                    "inputs unchanged: reusing" if how == "reused" else "models' inputs unchanged: evaluating again",
                     kept["trained_at"])  # fmt: skip
-        out = ({"run_dir": str(run_dir)} if earlier else
+        out = ({"run_dir": str(run_dir)} if how == "reused" else
                reevaluate_local(str(ws.root), ds, cfg.to_json(), prod_dir, run_dir, anchor_dir))  # fmt: skip
     elif cfg.kfp.mode == "cluster":
         out = run_cluster(cfg, str(ws.root), ds, prod_dir, run_dir, anchor_dir)
@@ -181,6 +177,16 @@ def reusable_run(run_dir: Path, inputs_sha256: str) -> dict[str, Any] | None:
         return earlier if outputs_hash(run_dir) == earlier.get("outputs_sha256") else None
     except (OSError, ValueError, KeyError):
         return None
+
+
+def earlier_run(run_dir: Path, lineage: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """What a rerun keeps of the day's earlier run: ("reused", its lineage) when all its inputs are
+    unchanged, ("reevaluated", …) when only what its models are judged against changed, else nothing."""
+    earlier = reusable_run(run_dir, lineage["inputs_sha256"])
+    if earlier is not None:
+        return "reused", earlier
+    models = reusable_models(run_dir, lineage["model_inputs_sha256"])
+    return ("reevaluated", models) if models is not None else (None, None)
 
 
 def reusable_models(run_dir: Path, model_inputs_sha256: str) -> dict[str, Any] | None:
