@@ -128,3 +128,14 @@ def test_models_are_kept_only_for_the_same_model_inputs_and_intact_weights(tmp_p
     (run / "light" / "weights.pt").write_bytes(b"tampered")
     assert reusable_models(run, "m1") is None  # weights changed since training: train again
     assert reusable_models(tmp_path / "absent", "m1") is None
+
+
+def test_the_reuse_key_reads_the_training_sources_not_the_commit():
+    from workflow.flow import MODEL_INPUTS, inputs_key
+
+    base = {"code": {"commit": "a1", "dirty": False, "training_code_sha256": "t1"}, "training_config_sha256": "c",
+            "libraries": {"torch": "2"}, "data": [{"ds": "2026-01-01"}]}  # fmt: skip
+    docs_commit = {**base, "code": {**base["code"], "commit": "b2"}}
+    edited = {**base, "code": {**base["code"], "training_code_sha256": "t2"}}
+    assert inputs_key(docs_commit, MODEL_INPUTS) == inputs_key(base, MODEL_INPUTS)
+    assert inputs_key(edited, MODEL_INPUTS) != inputs_key(base, MODEL_INPUTS)

@@ -113,7 +113,7 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
         manifest = (read_json_object(registry.version_dir(ref["version"]) / "manifest.json") if ref else None) or {}
         lineage[key] = {"version": manifest.get("version"), "content": manifest.get("content_hash")}
     for key, names in (("model_inputs_sha256", MODEL_INPUTS), ("inputs_sha256", TRAINING_INPUTS)):
-        lineage[key] = text_hash(json.dumps({k: lineage[k] for k in names}, sort_keys=True))
+        lineage[key] = inputs_key(lineage, names)
     run_dir = ws.run_dir(ds)
     # on a cluster the code that trains is an image whose tag may move: train there every time
     how, kept = earlier_run(run_dir, lineage) if cfg.kfp.mode == "local" and not retrain else (None, None)
@@ -148,6 +148,13 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
 MODEL_INPUTS = ("code", "training_config_sha256", "libraries", "data")
 # What a trained run (models and evaluation) depends on: the models' inputs and what they are judged against.
 TRAINING_INPUTS = (*MODEL_INPUTS, "production_at_training", "anchor_at_training")
+
+
+def inputs_key(lineage: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The hash of ``names`` of a run's lineage; its code is the training sources' hash, not the
+    repository's commit (a docs or DAG commit does not change what trains)."""
+    keyed = {**lineage, "code": lineage["code"]["training_code_sha256"]}
+    return text_hash(json.dumps({k: keyed[k] for k in names}, sort_keys=True))
 
 
 def training_config_hash(cfg: HapConfig) -> str:
