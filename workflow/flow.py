@@ -144,7 +144,7 @@ def train(ds: str, ws: Workspace | None = None, cfg: HapConfig | None = None, re
     return out["run_dir"]
 
 
-# What the trained models depend on: equal values give equal weights (training is deterministic).
+# What the trained models depend on: equal values give the same weights up to a float's last bit (so a rerun keeps them).
 MODEL_INPUTS = ("code", "training_config_sha256", "libraries", "data")
 # What a trained run (models and evaluation) depends on: the models' inputs and what they are judged against.
 TRAINING_INPUTS = (*MODEL_INPUTS, "production_at_training", "anchor_at_training")
