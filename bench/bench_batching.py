@@ -30,7 +30,7 @@ def step_time(model: PreRanker, batches: list, per_candidate: bool, cfg: HapConf
             logits = model(b.user_x[b.req], b.seq[b.req], b.item_x, torch.arange(len(b.req)))
         else:
             logits = model(b.user_x, b.seq, b.item_x, b.req)
-        loss, _ = hap_loss(logits, b.label, b.source, b.req, b.n_requests, cfg.light_loss)
+        loss, _ = hap_loss(logits, b, cfg.light_loss)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -15,7 +15,7 @@ its paired-bootstrap 95% interval (same pooled requests), Recall@100 vs today's 
 (interaction × GHCL) with its paired interval, FLOPs per candidate (N = 1,000), training samples/s.
 
 Run: .venv/bin/python bench/bench_models.py [--worlds mind 0 4] [--requests 1500] [--boot 500]
-[--buckets N] [--tag T]. Writes bench/results/models[-T].json and docs/models_margin[-T].png; prints
+[--buckets N] [--tag T] [--variants NAME ...]. Writes bench/results/models[-T].json and docs/models_margin[-T].png; prints
 a Markdown table.
 """
 
@@ -45,13 +45,21 @@ MIND = ROOT.parent / "shared" / "data" / "mind-small-slice"
 AT = 100
 DEFAULT = "interaction × ghcl"
 TWO_TOWER = ModelConfig(arch="two_tower")
+RANKTOWER = ModelConfig(arch="ranktower")
+# RankTower's hybrid loss: pointwise BCE, the graded listwise term on exposed items, distillation of
+# the logged ranking stage's order (models.losses)
+HYBRID = LossConfig(mode="bce", listwise_weight=1.0, distill_weight=0.5)
 VARIANTS = {  # name: (light model, light loss)
     DEFAULT: (ModelConfig(), LossConfig()),
     "interaction × bce": (ModelConfig(), LossConfig(mode="bce")),
     "interaction(cumulative) × bce": (ModelConfig(numeric="cumulative"), LossConfig(mode="bce")),
+    "interaction(linear) × bce": (ModelConfig(numeric="linear"), LossConfig(mode="bce")),
     "interaction × softmax": (ModelConfig(), LossConfig(mode="softmax")),
+    "interaction × hybrid": (ModelConfig(), HYBRID),
     "two_tower(cosine) × bce": (TWO_TOWER, LossConfig(mode="bce")),
     "two_tower(dot) × bce": (dataclasses.replace(TWO_TOWER, similarity="dot"), LossConfig(mode="bce")),
+    "ranktower × bce": (RANKTOWER, LossConfig(mode="bce")),
+    "ranktower × hybrid": (RANKTOWER, HYBRID),
 }
 
 
@@ -88,17 +96,17 @@ def _prepare(root: Path, ds: str, cfg: HapConfig) -> Path:
     return out
 
 
-def run_world(cfg: HapConfig, prepared: list[Path], n_boot: int) -> dict:
+def run_world(cfg: HapConfig, prepared: list[Path], n_boot: int, variants: dict = VARIANTS) -> dict:
     """Every variant trained per run day; held-out requests and scores pooled over the days."""
-    helds, raws_scores, scores = [], [], {v: [] for v in VARIANTS}
-    speed, flops = {v: [] for v in VARIANTS}, {}
+    helds, raws_scores, scores = [], [], {v: [] for v in variants}
+    speed, flops = {v: [] for v in variants}, {}
     for prep in prepared:
         spec = prepared_spec(prep)
         held, _, raw = held_out_views(prep, spec, cfg)
         helds.append(held)
         raws_scores.append(baseline_scores(raw, spec, prep))
         stream, valid = ShardStream(shard_files(prep / TRAIN_DIR)), read_shards(shard_files(prep / VALID_DIR))
-        for name, (model_cfg, loss_cfg) in VARIANTS.items():
+        for name, (model_cfg, loss_cfg) in variants.items():
             model, history = train_model(stream, model_cfg, loss_cfg, cfg.train, spec, valid=valid, name=name)
             scores[name].append(predict(model, held))
             speed[name].append(np.mean([e["samples_per_s"] for e in history["epochs"]]))
@@ -184,7 +192,12 @@ def main() -> None:
     p.add_argument("--boot", type=int, default=500)
     p.add_argument("--buckets", type=int, default=0, help="the MIND world's fitted buckets (default: real_logs.yaml's)")
     p.add_argument("--tag", default="", help="suffix of the outputs' names (a partial run keeps the full one's)")
+    p.add_argument("--variants", nargs="+", default=None, help=f"rows to train beside {DEFAULT!r} (default: all)")
     args = p.parse_args()
+    unknown = set(args.variants or ()) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+    variants = {n: v for n, v in VARIANTS.items() if args.variants is None or n == DEFAULT or n in args.variants}
     results: dict[str, dict] = {}
     t0 = time.time()
     for w in args.worlds:
@@ -193,7 +206,7 @@ def main() -> None:
                 mind_runs(Path(tmp), args.buckets) if w == "mind" else sim_runs(Path(tmp), float(w), args.requests)
             )
             name = "MIND slice" if w == "mind" else f"simulated β = {w}"
-            results[name] = run_world(cfg, prepared, args.boot)
+            results[name] = run_world(cfg, prepared, args.boot, variants)
             print(markdown(name, results[name]), "\n", flush=True)
     suffix = f"-{args.tag}" if args.tag else ""
     out, png = ROOT / "bench" / "results" / f"models{suffix}.json", ROOT / "docs" / f"models_margin{suffix}.png"

@@ -177,6 +177,16 @@ class LossConfig:
     temperature: float = 1.0
     bce_weight: float = 1.0
     source_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
+    # RankTower's hybrid loss (models.losses), each term off at 0: the listwise softmax over a
+    # request's exposed items against graded labels, and distillation of the logged ranking stage's
+    # order (teacher logits −log position / distill_temperature) over the items it ranked
+    listwise_weight: float = 0.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.listwise_weight, self.distill_weight) < 0 or self.distill_temperature <= 0:
+            raise ValueError("light_loss weights must be at least 0 and distill_temperature above 0")
 
 
 @dataclass(frozen=True)

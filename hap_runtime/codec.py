@@ -4,6 +4,8 @@ One request is one user and N candidates, in either of two JSON layouts:
 
 - rows: ``{"user": {...}, "candidates": [{"item_id": 5, ...}, ...], "k": 200, "m": 50}``
 - columns (compact): ``{"user": {...}, "items": {"item_id": [5, ...], ...}, "k": 200, "m": 50}``
+- by id: ``{"user": {...}, "item_ids": [5, ...], "k": 200, "m": 50}``, each item's features (and a
+  decoupled light model's item vectors) from the version's item snapshot (``hap_runtime.snapshot``)
 
 Checks run per column (C-level passes over a list, then torch), so a 1,000-candidate request parses
 in about a millisecond; finding the offending index to name it runs only when a check fails. Every
@@ -24,13 +26,15 @@ import torch
 
 from hap_runtime.config import RoutingConfig
 from hap_runtime.encode import encode_sequences, encode_side
+from hap_runtime.snapshot import ItemSnapshot
 from hap_runtime.spec import Feature, FeatureSpec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 ERROR_KINDS = (
     "malformed_json", "too_large", "too_deep", "wrong_type", "missing_field", "unknown_field",
-    "length_mismatch", "non_finite", "out_of_range", "empty", "too_many", "too_long", "internal", "overloaded",
+    "length_mismatch", "non_finite", "out_of_range", "empty", "too_many", "too_long", "unknown_item", "internal",
+    "overloaded",
 )  # fmt: skip
 """Labels of the errors-by-kind metric: ``internal`` is the server's fault (500), ``overloaded`` a request
 shed while the queue is too deep (503), the rest are the client's (4xx)."""
@@ -58,6 +62,7 @@ class ParsedRequest:
     k: int
     m: int
     duplicates: int  # candidates dropped because their item_id came earlier in the request
+    snapshot_rows: torch.Tensor | None = None  # (N,) rows in the item snapshot when sent by id
 
 
 def _reject_constant(name: str) -> Any:
@@ -198,36 +203,48 @@ def check_column(f: Feature, values: list, where: Callable[[int], str]) -> Any:
     raise RequestError(where(i), f"{values[i]} is outside the contract's range [{low:g}, {high:g}]", "out_of_range")
 
 
-class RequestCodec:
-    """Parses request bodies for one feature spec and routing config (both from the archive)."""
+LAYOUTS = ("candidates", "items", "item_ids")  # rows, columns, by id: a request uses exactly one
 
-    def __init__(self, spec: FeatureSpec, routing: RoutingConfig) -> None:
-        self.spec, self.routing = spec, routing
+
+class RequestCodec:
+    """Parses request bodies for one feature spec and routing config (both from the archive); with
+    the version's item snapshot, also requests that send candidates by ``item_ids`` alone."""
+
+    def __init__(self, spec: FeatureSpec, routing: RoutingConfig, snapshot: ItemSnapshot | None = None) -> None:
+        self.spec, self.routing, self.snapshot = spec, routing, snapshot
         self.user_feats, self.item_feats, self.seq_feat = spec.side("user"), spec.side("item"), spec.sequence
         self.user_names = frozenset(f.name for f in self.user_feats) | {self.seq_feat.name}
         self.item_names = frozenset(f.name for f in self.item_feats)
         seq = self.seq_feat  # its ids follow the contract's id range
         self.seq_ids = Feature(seq.name, "user", "id", low=seq.low, high=seq.high)
+        self.item_ids = next(f for f in self.item_feats if f.name == "item_id")
 
     def parse(self, body: Any) -> ParsedRequest:
         """Validate and encode one request. Raises ``RequestError`` naming the field at fault."""
         if type(body) is not dict:
-            raise RequestError("body", "expected a JSON object with 'user' and 'candidates' or 'items'", "wrong_type")
-        extra = sorted(body.keys() - {"user", "candidates", "items", "k", "m"})
+            raise RequestError("body", "expected a JSON object with 'user' and 'candidates', 'items' or 'item_ids'",
+                               "wrong_type")  # fmt: skip
+        extra = sorted(body.keys() - {"user", *LAYOUTS, "k", "m"})
         if extra:
             raise RequestError(_key_path("", extra[0]), "unknown field", "unknown_field")
         if "user" not in body:
             raise RequestError("user", "missing field", "missing_field")
-        if ("candidates" in body) == ("items" in body):
-            where = "candidates" if "candidates" not in body else "items"
-            why = "missing field ('candidates' rows or 'items' columns)" if where == "candidates" else (
-                "give either 'candidates' (rows) or 'items' (columns), not both")  # fmt: skip
-            raise RequestError(where, why, "missing_field" if "items" not in body else "unknown_field")
+        given = [name for name in LAYOUTS if name in body]
+        if len(given) != 1:
+            if not given:
+                raise RequestError("candidates", "missing field ('candidates' rows, 'items' columns or 'item_ids')",
+                                   "missing_field")  # fmt: skip
+            raise RequestError(given[1], "give one of 'candidates' (rows), 'items' (columns) or 'item_ids', "
+                               f"not both '{given[0]}' and '{given[1]}'", "unknown_field")  # fmt: skip
         user_x, seq = self._user(body["user"])
-        columns, where = self._rows(body["candidates"]) if "candidates" in body else self._columns(body["items"])
-        item_cols = {f.name: check_column(f, columns[f.name], where(f.name)) for f in self.item_feats}
-        item_ids: list[int] = columns["item_id"]
-        item_x = encode_side(item_cols, self.spec, "item")  # (N, Fi)
+        rows = None
+        if "item_ids" in body:
+            item_ids, item_x, rows = self._by_id(body["item_ids"])
+        else:
+            columns, where = self._rows(body["candidates"]) if "candidates" in body else self._columns(body["items"])
+            item_cols = {f.name: check_column(f, columns[f.name], where(f.name)) for f in self.item_feats}
+            item_ids = columns["item_id"]
+            item_x = encode_side(item_cols, self.spec, "item")  # (N, Fi)
         duplicates = 0
         if len(set(item_ids)) < len(item_ids):
             first: dict[int, int] = {}
@@ -236,9 +253,29 @@ class RequestCodec:
             keep = list(first.values())
             duplicates = len(item_ids) - len(keep)
             item_x, item_ids = item_x[torch.tensor(keep)], [item_ids[i] for i in keep]
+            rows = rows[torch.tensor(keep)] if rows is not None else None
         k = self._bounded(body, "k", self.routing.k, 0, self.routing.max_k)
         m = self._bounded(body, "m", self.routing.m, 1, self.routing.max_candidates)
-        return ParsedRequest(user_x, seq, item_x, item_ids, k, m, duplicates)
+        return ParsedRequest(user_x, seq, item_x, item_ids, k, m, duplicates, rows)
+
+    def _by_id(self, ids: Any) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Candidates by id: their encoded features and rows from the snapshot. An id the snapshot
+        does not hold is refused, named: the request may send that item's features instead."""
+        if self.snapshot is None:
+            raise RequestError("item_ids", "this version carries no item snapshot: send the candidates' features "
+                               "in 'candidates' or 'items'", "unknown_field")  # fmt: skip
+        if type(ids) is not list:
+            raise RequestError("item_ids", f"expected a list of item ids, got {_type_name(ids)}", "wrong_type")
+        self._check_count(len(ids), "item_ids")
+        values = check_column(self.item_ids, ids, lambda i: f"item_ids[{i}]")  # (N,) int64
+        rows = self.snapshot.rows(values)  # (N,)
+        missing = (rows < 0).nonzero()
+        if len(missing):
+            i = int(missing[0])
+            raise RequestError(f"item_ids[{i}]", f"item {ids[i]} is not in this version's item snapshot "
+                               f"({len(self.snapshot)} items): send its features in 'candidates' or 'items'",
+                               "unknown_item")  # fmt: skip
+        return ids, self.snapshot.item_x[rows], rows
 
     def _user(self, user: Any) -> tuple[torch.Tensor, torch.Tensor]:
         _check_keys(user, self.user_names, "user")

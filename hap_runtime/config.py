@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 # How the light model joins the user and item sides (``hap_runtime.nets``): "interaction" (the
-# vectors, their product, then an MLP per candidate) or "two_tower" (decoupled: a similarity of
-# the two tower outputs, so an item's vector never depends on the request).
-Arch = Literal["interaction", "two_tower"]
+# vectors, their product, then an MLP per candidate), "two_tower" (decoupled: a similarity of the
+# two tower outputs, so an item's vector never depends on the request) or "ranktower" (decoupled
+# towers with multi-head gated views; per pair only a parameter-free cross-attention between the
+# two sides' heads and the maximum similarity).
+Arch = Literal["interaction", "two_tower", "ranktower"]
+DECOUPLED: frozenset[str] = frozenset({"two_tower", "ranktower"})
 SimilarityKind = Literal["cosine", "dot"]
 # How a numeric (``bucket``) feature's bucket index becomes a vector (``hap_runtime.nets.Embeddings``):
 # "bucket" (a free row per bucket) or "cumulative" (bucket i's vector is the sum of per-bucket
 # steps 1..i, so neighbouring buckets share all but one step: an ordered column with many thin
-# buckets trains like a smooth function of its value instead of unrelated rows).
-NumericEmbedding = Literal["bucket", "cumulative"]
+# buckets trains like a smooth function of its value instead of unrelated rows) or "linear" (a free
+# row per bucket plus one learned direction per feature times the bucket's position in [-1, 1]: the
+# bucket rows keep what "bucket" learns, the direction gives the model the column's order at once).
+NumericEmbedding = Literal["bucket", "cumulative", "linear"]
 
 # Files of the model folder inside an archive (written at packaging, read by the scorer).
 ROUTING_FILE = "routing.json"
@@ -39,14 +44,19 @@ class ModelConfig:
     arch: Arch = "interaction"
     similarity: SimilarityKind = "cosine"  # two_tower: cosine with a learned temperature, or a scaled dot product
     numeric: NumericEmbedding = "bucket"
+    heads: int = 4  # ranktower: gated views per tower
 
     def __post_init__(self) -> None:
-        if self.arch not in ("interaction", "two_tower") or self.similarity not in ("cosine", "dot"):
-            raise ValueError(f"arch must be interaction or two_tower and similarity cosine or dot, got {self}")
-        if self.numeric not in ("bucket", "cumulative"):
-            raise ValueError(f"numeric must be bucket or cumulative, got {self.numeric!r}")
-        if self.arch == "two_tower" and self.attention:
-            raise ValueError("a two_tower model is decoupled: target attention reads the item, set attention: false")
+        if self.arch not in ("interaction", *sorted(DECOUPLED)) or self.similarity not in ("cosine", "dot"):
+            raise ValueError(
+                f"arch must be interaction, ranktower or two_tower and similarity cosine or dot, got {self}"
+            )
+        if self.heads < 1:
+            raise ValueError(f"heads must be at least 1, got {self.heads}")
+        if self.numeric not in ("bucket", "cumulative", "linear"):
+            raise ValueError(f"numeric must be bucket, cumulative or linear, got {self.numeric!r}")
+        if self.arch in DECOUPLED and self.attention:
+            raise ValueError(f"a {self.arch} model is decoupled: target attention reads the item, set attention: false")
 
 
 @dataclass(frozen=True)

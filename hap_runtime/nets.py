@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hap_runtime.config import ModelConfig
+from hap_runtime.config import DECOUPLED, ModelConfig
 from hap_runtime.spec import Feature, FeatureSpec
 
 WEIGHTS_FILE = "weights.pt"
@@ -39,12 +39,20 @@ class Embeddings(nn.Module):
         with torch.no_grad():
             for name in self.cumulative:  # steps small enough that the last bucket's sum is of unit scale
                 self.tables[name].weight[2:] /= math.sqrt(max(1, self.tables[name].num_embeddings - 2))
+        # linear: a numeric feature's row i also gets position(i) * its direction; position runs from
+        # -1 (first bucket) to +1 (last), 0 for row 0 (missing)
+        linear = [f for f in spec.features if f.kind == "bucket" and numeric == "linear"]
+        self.directions = nn.ParameterDict({f.name: nn.Parameter(torch.zeros(dim)) for f in linear})
+        for f in linear:
+            self.register_buffer(f"position_{f.name}", _positions(f.table_size), persistent=False)
         self._fused: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def weight(self, name: str) -> torch.Tensor:
         """Feature ``name``'s (rows, D) vectors: its table, or for a cumulative feature row 0
         (missing) as it is and row i ≥ 1 the sum of rows 1..i."""
         w = self.tables[name].weight
+        if name in self.directions:
+            return w + getattr(self, f"position_{name}").unsqueeze(1) * self.directions[name]  # (rows, D)
         if name not in self.cumulative:
             return w
         return torch.cat([w[:1], torch.cumsum(w[1:], dim=0)])
@@ -72,6 +80,12 @@ class Embeddings(nn.Module):
     def sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L) → (B, L, D); padding rows (index 0) are zeroed by the caller's mask."""
         return self.tables[self.spec.sequence.shares](seq)
+
+
+def _positions(rows: int) -> torch.Tensor:
+    """(rows,) a bucket table's row positions: 0 for row 0 (missing), then -1 … +1 evenly."""
+    buckets = rows - 1
+    return torch.cat([torch.zeros(1), torch.linspace(-1.0, 1.0, buckets) if buckets > 1 else torch.zeros(buckets)])
 
 
 def mlp(dims: list[int]) -> nn.Sequential:
@@ -157,6 +171,85 @@ class Similarity(nn.Module):
         return self.log_scale.exp() * (user * item).sum(-1) + self.bias  # (C,)
 
 
+class MultiHeadGated(nn.Module):
+    """RankTower's multi-head gated network on one tower's output: H views of it, each a linear value
+    times a sigmoid gate of the same width, so each head keeps the parts of the tower it gates in."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.value, self.gate = nn.Linear(dim, heads * dim), nn.Linear(dim, heads * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (B, T) → (B, H, T)
+        return (self.value(x) * torch.sigmoid(self.gate(x))).view(len(x), self.heads, self.dim)
+
+
+# The slots of a side's prepared heads (``GatedCrossAttention.prepare``): (B, H, SLOTS, T)
+HEAD, QUERY, KEY, VALUE, GATE = range(5)
+
+
+class GatedCrossAttention(nn.Module):
+    """One side's half of RankTower's gated cross-attention. Every parameter acts on that side alone:
+    ``prepare`` turns its heads into heads, query, key, value and a sigmoid gate, so an item's
+    prepared heads depend on no request and can be computed once per item. ``attend`` (no
+    parameters) lets one side's heads read the other's: h + gate ⊙ softmax(q kᵀ/√T) v."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv, self.gate = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def prepare(self, heads: torch.Tensor) -> torch.Tensor:
+        # heads (B, H, T) → (B, H, 5, T)
+        q, k, v = self.qkv(heads).chunk(3, dim=-1)
+        return torch.stack([heads, q, k, v, torch.sigmoid(self.gate(heads))], dim=-2)
+
+
+def attend(reader: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """``reader``'s heads after reading ``read``'s, both prepared (C, H, 5, T) → (C, H, T)."""
+    q, k, v = reader[:, :, QUERY], read[:, :, KEY], read[:, :, VALUE]  # (C, H, T)
+    weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)  # (C, H, H)
+    return reader[:, :, HEAD] + reader[:, :, GATE] * (weights @ v)  # (C, H, T)
+
+
+class MaxSimilarity(nn.Module):
+    """RankTower's maximum-similarity layer: for each user head the cosine of its best-matching item
+    head, summed over user heads; a learned scale and bias (two scalars) make it a logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        # user (C, H, T), item (C, H, T)
+        u, i = nn.functional.normalize(user, dim=-1), nn.functional.normalize(item, dim=-1)
+        best = (u @ i.transpose(1, 2)).amax(dim=-1)  # (C, H): each user head's best item head
+        return self.log_scale.exp() * best.mean(-1) + self.bias  # (C,)
+
+
+class RankTower(nn.Module):
+    """RankTower's meeting of two decoupled towers: multi-head gated views per side, prepared for the
+    cross-attention side by side, then per (user, item) pair only the parameter-free part:
+    bi-directional attention between the two sides' heads and the maximum similarity."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.user_heads, self.item_heads = MultiHeadGated(dim, heads), MultiHeadGated(dim, heads)
+        self.user_cross, self.item_cross = GatedCrossAttention(dim), GatedCrossAttention(dim)
+        self.similarity = MaxSimilarity()
+
+    def user(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.user_cross.prepare(self.user_heads(vec))  # (B, T) → (B, H, 5, T)
+
+    def item(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.item_cross.prepare(self.item_heads(vec))  # (C, T) → (C, H, 5, T): request-free
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        # user, item: prepared (C, H, 5, T) → (C,)
+        return self.similarity(attend(user, item), attend(item, user))
+
+
 class UserState:
     """The user side of a request batch, computed once and reused for all its candidates."""
 
@@ -179,6 +272,8 @@ class PreRanker(nn.Module):
         if cfg.arch == "two_tower":  # linear ends: the towers' ReLU outputs alone could never disagree
             self.user_proj, self.item_proj = nn.Linear(t, t), nn.Linear(t, t)
             self.similarity = Similarity(cfg.similarity)
+        elif cfg.arch == "ranktower":
+            self.ranktower = RankTower(t, cfg.heads)
         else:
             self.interaction = Interaction()
             in_dim = 3 * t + (2 * d + 1 if cfg.attention else 0)
@@ -194,8 +289,8 @@ class PreRanker(nn.Module):
     def score(self, user: UserState, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
         """Logits of candidates ``item_x`` (C, Fi) for their requests ``req`` (C,) → (C,)."""
         item_emb = self.embeddings.side(item_x, self.item_feats)  # (C, Fi*D)
-        if self.cfg.arch == "two_tower":
-            return self.similarity(self.user_proj(user.vec)[req], self.item_vectors(item_emb))  # (C,)
+        if self.cfg.arch in DECOUPLED:
+            return self.meet(self.user_vectors(user)[req], self.item_vectors(item_emb))  # (C,)
         z = self.interaction(user.vec[req], self.item_tower(item_emb))  # (C, 3T)
         if self.attention is not None:
             target = self.embeddings.tables["item_id"](item_x[:, self._item_id_col])  # (C, D)
@@ -203,8 +298,25 @@ class PreRanker(nn.Module):
         return self.head(self.mlp(z)).squeeze(-1)  # (C,)
 
     def item_vectors(self, item_emb: torch.Tensor) -> torch.Tensor:
-        """A two-tower model's item side: (C, Fi*D) → (C, T), independent of any request."""
+        """A decoupled model's item side, independent of any request: (C, Fi*D) → two_tower (C, T),
+        ranktower (C, H, 5, T)."""
+        if self.cfg.arch == "ranktower":
+            return self.ranktower.item(self.item_tower(item_emb))
         return self.item_proj(self.item_tower(item_emb))
+
+    def meet(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """A decoupled model's logits from each candidate's user vectors and item vectors (C, …) → (C,):
+        the only per-pair computation, so stored item vectors (``hap_runtime.snapshot``) score as is."""
+        if self.cfg.arch == "ranktower":
+            return self.ranktower(users, items)
+        return self.similarity(users, items)
+
+    def user_vectors(self, user: UserState) -> torch.Tensor:
+        """A decoupled model's user side, from user features and history alone: two_tower (B, T),
+        ranktower (B, H, 5, T)."""
+        if self.cfg.arch == "ranktower":
+            return self.ranktower.user(user.vec)
+        return self.user_proj(user.vec)
 
     @property
     def _item_id_col(self) -> int:

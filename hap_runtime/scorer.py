@@ -19,6 +19,7 @@ import torch
 from hap_runtime.codec import ParsedRequest, RequestCodec
 from hap_runtime.config import ROUTING_FILE, VERSION_FILE, RoutingConfig
 from hap_runtime.nets import load_model
+from hap_runtime.snapshot import SNAPSHOT_FILE, ItemSnapshot
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class TwoStageScorer:
         self.routing = RoutingConfig(**json.loads((model_dir / ROUTING_FILE).read_text()))
         version_file = model_dir / VERSION_FILE
         self.version = json.loads(version_file.read_text())["version"] if version_file.exists() else "unversioned"
-        self.codec = RequestCodec(self.spec, self.routing)
+        items = model_dir / "light" / SNAPSHOT_FILE  # candidates by id (and a decoupled model's item vectors)
+        self.snapshot = ItemSnapshot.load(items) if items.exists() else None
+        self.codec = RequestCodec(self.spec, self.routing, self.snapshot)
 
     def parse(self, body: Any) -> ParsedRequest:
         """Validate and encode one decoded request body (``RequestError`` names the field at fault)."""
@@ -60,7 +63,7 @@ class TwoStageScorer:
         item_x = torch.cat([r.item_x for r in reqs])  # (ΣN, Fi)
 
         t0 = time.perf_counter()
-        light_all = self.light.score(self.light.user_side(user_x, seq), item_x, index)  # (ΣN,)
+        light_all = self._light(reqs, user_x, seq, item_x, index)  # (ΣN,)
         t1 = time.perf_counter()
         offsets = [0, *itertools.accumulate(sizes)]
         light = [light_all[a:b] for a, b in itertools.pairwise(offsets)]  # R × (N_r,)
@@ -77,6 +80,24 @@ class TwoStageScorer:
             for i, req in enumerate(reqs)
         ]
         return answers, StageTimes(light_ms=(t1 - t0) * 1e3, expressive_ms=(t2 - t1) * 1e3)
+
+    def _light(
+        self, reqs: list[ParsedRequest], user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """The light pass. A decoupled model reads the snapshot's stored item vectors for candidates
+        sent by id (the pass is then the user side and one product per candidate); otherwise, and
+        for candidates sent with features, the item side is computed from the features."""
+        user = self.light.user_side(user_x, seq)
+        vectors = self.snapshot.vectors if self.snapshot is not None else None
+        if vectors is None or not any(r.snapshot_rows is not None for r in reqs):
+            return self.light.score(user, item_x, index)
+        items = torch.cat([
+            vectors[r.snapshot_rows] if r.snapshot_rows is not None
+            else self.light.item_vectors(self.light.embeddings.side(r.item_x, self.light.item_feats))
+            for r in reqs
+        ])  # fmt: skip
+        return self.light.meet(self.light.user_vectors(user)[index], items)
 
     def _answer(self, req: ParsedRequest, light, order, routed, expr) -> dict[str, Any]:
         """Top-M of one request: the routed top-K re-ranked by the expressive model, then the rest."""

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from hap import SOURCES
-from hap.contract import HASH_SPACE, aggregate_label, holdout_mask, read_partition, source_ids  # noqa: F401  (re-exported)
+from hap.contract import HASH_SPACE, LABELS, aggregate_label, holdout_mask, read_partition, source_ids  # noqa: F401  (re-exported)
 from hap_runtime.encode import encode_sequences, encode_side
 from hap_runtime.spec import FeatureSpec
 
@@ -29,6 +29,8 @@ class Batch:
     req: torch.Tensor  # (C,) int64, batch-local request index
     source: torch.Tensor  # (C,) int64, index into SOURCES
     label: torch.Tensor  # (C,) float32
+    grade: torch.Tensor  # (C,) float32, graded relevance (EncodedData.grade)
+    teacher: torch.Tensor  # (C,) float32, the logged ranking stage's position, NaN where none
 
     @property
     def n_requests(self) -> int:
@@ -36,6 +38,24 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+
+# EncodedData's arrays with one row per candidate (``req`` aside), in Batch's order
+CANDIDATE_ARRAYS: tuple[str, ...] = ("item_x", "source", "label", "grade", "teacher")
+
+
+def grade_of(candidates: pa.Table) -> np.ndarray:
+    """Graded relevance of each candidate, the multi-level label a listwise loss reads: click, like,
+    comment and a long view (``LABELS``) count one each (0..4)."""
+    return sum(LABELS[k](candidates).astype(np.float32) for k in ("click", "long_view")) + sum(
+        (candidates.column(c).fill_null(0).to_numpy() > 0).astype(np.float32) for c in ("like", "comment")
+    )
+
+
+def teacher_of(candidates: pa.Table) -> np.ndarray:
+    """The logged ranking stage's position of each candidate (its order is the distillation teacher);
+    NaN where the ranking stage never saw it."""
+    return candidates.column("rank_pos").cast(pa.float32()).fill_null(float("nan")).to_numpy(zero_copy_only=False)
 
 
 @dataclass
@@ -48,7 +68,15 @@ class EncodedData:
     item_x: np.ndarray  # (C, Fi)
     req: np.ndarray  # (C,) sorted
     source: np.ndarray  # (C,)
-    label: np.ndarray  # (C,)
+    label: np.ndarray  # (C,) the binary training target (HapConfig.label)
+    grade: np.ndarray | None = None  # (C,) graded relevance (``grade_of``); None: the label
+    teacher: np.ndarray | None = None  # (C,) ranking-stage position (``teacher_of``); None: NaN (no teacher)
+
+    def __post_init__(self) -> None:
+        if self.grade is None:
+            self.grade = np.asarray(self.label, dtype=np.float32)
+        if self.teacher is None:
+            self.teacher = np.full(len(self.label), np.nan, dtype=np.float32)
 
     @property
     def n_requests(self) -> int:
@@ -65,45 +93,35 @@ class EncodedData:
         counts = off[idx + 1] - off[idx]
         return np.repeat(off[idx] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum()), counts
 
+    def _candidates(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name)[rows] for name in CANDIDATE_ARRAYS}
+
     def select_requests(self, idx: np.ndarray) -> EncodedData:
         """Subset of requests (in the given order), candidates re-indexed."""
         idx = np.asarray(idx, dtype=np.int64)
         rows, counts = self.candidate_rows(idx)
         return EncodedData(
-            self.request_ids[idx],
-            self.user_x[idx],
-            self.seq[idx],
-            self.item_x[rows],
-            np.repeat(np.arange(len(idx)), counts),
-            self.source[rows],
-            self.label[rows],
+            request_ids=self.request_ids[idx],
+            user_x=self.user_x[idx],
+            seq=self.seq[idx],
+            req=np.repeat(np.arange(len(idx)), counts),
+            **self._candidates(rows),
         )
+
+    def take_candidates(self, rows: np.ndarray) -> EncodedData:
+        """The same requests with only candidate ``rows`` (sorted rows keep the CSR order)."""
+        return EncodedData(self.request_ids, self.user_x, self.seq, req=self.req[rows], **self._candidates(rows))
 
     def filter_sources(self, sources: Sequence[str]) -> EncodedData:
         """Keep only candidates of the given sources (the expressive model's hard samples)."""
-        keep = np.isin(self.source, [SOURCES.index(s) for s in sources])
-        return EncodedData(
-            self.request_ids,
-            self.user_x,
-            self.seq,
-            self.item_x[keep],
-            self.req[keep],
-            self.source[keep],
-            self.label[keep],
-        )
+        return self.take_candidates(np.flatnonzero(np.isin(self.source, [SOURCES.index(s) for s in sources])))
 
     def batch(self, idx: np.ndarray) -> Batch:
         return self.select_requests(idx).to_batch()
 
     def to_batch(self) -> Batch:
-        return Batch(
-            torch.from_numpy(self.user_x),
-            torch.from_numpy(self.seq),
-            torch.from_numpy(self.item_x),
-            torch.from_numpy(self.req),
-            torch.from_numpy(self.source),
-            torch.from_numpy(self.label),
-        )
+        arrays = [self.user_x, self.seq, self.item_x, self.req, self.source, self.label, self.grade, self.teacher]
+        return Batch(*(torch.from_numpy(a) for a in arrays))
 
     def batches(self, batch_requests: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         order = rng.permutation(self.n_requests) if rng is not None else np.arange(self.n_requests)
@@ -120,13 +138,11 @@ class EncodedData:
     def concat(cls, parts: Sequence[EncodedData]) -> EncodedData:
         shift = np.cumsum([0] + [p.n_requests for p in parts[:-1]])
         return cls(
-            np.concatenate([p.request_ids for p in parts]),
-            np.concatenate([p.user_x for p in parts]),
-            np.concatenate([p.seq for p in parts]),
-            np.concatenate([p.item_x for p in parts]),
-            np.concatenate([p.req + s for p, s in zip(parts, shift, strict=True)]),
-            np.concatenate([p.source for p in parts]),
-            np.concatenate([p.label for p in parts]),
+            request_ids=np.concatenate([p.request_ids for p in parts]),
+            user_x=np.concatenate([p.user_x for p in parts]),
+            seq=np.concatenate([p.seq for p in parts]),
+            req=np.concatenate([p.req + s for p, s in zip(parts, shift, strict=True)]),
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in CANDIDATE_ARRAYS},
         )
 
 
@@ -152,6 +168,8 @@ def encode_tables(requests: pa.Table, candidates: pa.Table, spec: FeatureSpec, l
         req=req,
         source=source_ids(cand["source"].to_numpy(zero_copy_only=False)),
         label=aggregate_label(cand, label),
+        grade=grade_of(cand),
+        teacher=teacher_of(cand),
     )
 
 

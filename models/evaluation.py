@@ -202,9 +202,7 @@ def _score_top(light_model, expr_model, data: EncodedData, top: int) -> tuple[np
         keep[lo + np.argsort(-s_light[lo:hi], kind="stable")[:top]] = True
     rows = np.flatnonzero(keep)
     if len(rows):
-        sub = EncodedData(data.request_ids, data.user_x, data.seq, data.item_x[rows], data.req[rows],
-                          data.source[rows], data.label[rows])  # fmt: skip
-        s_expr[rows] = predict(expr_model, sub)
+        s_expr[rows] = predict(expr_model, data.take_candidates(rows))
     return s_light, s_expr
 
 

@@ -24,6 +24,7 @@ from hap_runtime.encode import encode_side
 from hap_runtime.spec import DEFAULT_SPEC, FeatureSpec
 from models.baselines import ITEM_RATES_FILE, write_item_rates
 from models.data import EncodedData, _columns
+from models.snapshot import write_latest_items
 from models.stream import read_shards, shard_files, to_table, write_day_shards
 from models.transforms import fit_spec
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # The prepared folder: train/ (window shards), holdout/ (a hash-split of ds: encoded shards and the
 # raw rows beside them) and valid/, serving/ (every retrieved candidate of held-out requests,
-# simulation only), spec.json (the fitted feature spec), manifest.json.
+# simulation only), spec.json (the fitted feature spec), items.parquet (each window item's latest raw
+# features: the item snapshot's source, models.snapshot), manifest.json.
 TRAIN_DIR, HOLDOUT_DIR, VALID_DIR, SERVING_DIR = "train", "holdout", "valid", "serving"
 MANIFEST_FILE = "manifest.json"
 SPEC_FILE = "spec.json"  # the fitted feature spec (models.transforms) the shards are encoded with
@@ -73,6 +75,7 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
     (out / ITEM_RATES_FILE).unlink(missing_ok=True)  # a rerun replaces
     write_item_rates(ws.data, [day for day in used if day < ds], cfg.label, out)  # strictly earlier days
     serving_requests = write_serving_set(ws.data, ds, out, spec, cfg.eval.max_serving_requests)
+    snapshot_items = write_latest_items(ws.data, used, spec, out)  # what a version can score by id
     manifest = {
         "ds": ds,
         "days": used,
@@ -85,6 +88,7 @@ def prepare(workspace_root: str, ds: str, cfg: HapConfig, out_dir: str) -> dict:
         "holdout_samples": days[-1].holdout_samples,
         "valid_requests": days[-1].valid_requests,
         "serving_requests": serving_requests,
+        "snapshot_items": snapshot_items,
     }
     write_json_atomic(out / MANIFEST_FILE, manifest)
     if skipped:

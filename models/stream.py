@@ -64,6 +64,8 @@ def to_table(data: EncodedData) -> pa.Table:
             "item_x": pa.ListArray.from_arrays(pa.array(offsets.to_numpy() * fi, pa.int32()), data.item_x.ravel()),
             "source": pa.ListArray.from_arrays(offsets, pa.array(data.source.astype(np.int8))),
             "label": pa.ListArray.from_arrays(offsets, pa.array(data.label.astype(np.float32))),
+            "grade": pa.ListArray.from_arrays(offsets, pa.array(data.grade.astype(np.float32))),
+            "teacher": pa.ListArray.from_arrays(offsets, pa.array(data.teacher.astype(np.float32))),
         }
     )
 
@@ -84,6 +86,9 @@ def from_table(table: pa.Table) -> EncodedData:
         req=np.repeat(np.arange(n), counts),
         source=flat("source").astype(np.int64),
         label=flat("label").astype(np.float32),
+        # shards written before graded labels and the teacher (older runs' held-out shards) lack them
+        grade=flat("grade").astype(np.float32) if "grade" in table.column_names else None,
+        teacher=flat("teacher").astype(np.float32) if "teacher" in table.column_names else None,
     )
 
 

@@ -117,7 +117,7 @@ def train_model(
                 t_compute = time.perf_counter()
                 b = b.to(device)
                 logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
-                loss, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, loss_cfg)
+                loss, parts = hap_loss(logits, b, loss_cfg)
                 if harmonize:
                     loss, scales = harmonized_loss(parts, shared, loss_cfg)
                     for k, v in scales.items():
@@ -270,7 +270,7 @@ def source_gradient_conflict(model: PreRanker, logits: torch.Tensor, b: Batch, l
     different directions, and hard sources' gradients dominate the easy ones' in norm.
     """
     probe = LossConfig(mode="ghcl", temperature=loss_cfg.temperature, bce_weight=0.0)
-    _, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, probe)
+    _, parts = hap_loss(logits, b, probe)
     shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
     grads: dict[str, torch.Tensor] = {}
     for i, s in enumerate(SOURCES):

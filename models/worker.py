@@ -17,6 +17,7 @@ from hap.workspace import write_json_atomic
 from hap_runtime.nets import load_model, save_model
 from models import distributed
 from models.prepare import TRAIN_DIR, VALID_DIR, prepared_spec
+from models.snapshot import write_snapshot
 from models.stream import ShardStream, read_shards, shard_files
 from models.train import train_expressive, train_light
 
@@ -43,6 +44,8 @@ def train_worker(
             raise ValueError(f"which must be 'light' or 'expressive', got {which!r}")
         if ctx.is_main:
             save_model(model.cpu(), out_dir)
+            if which == "light":  # the items a version can score by id (and a decoupled model's item vectors)
+                history["snapshot_items"] = write_snapshot(model, prepared_dir, out_dir)
             write_json_atomic(Path(out_dir) / "history.json", history)
             ckpt.unlink(missing_ok=True)  # the model is written: a later run starts fresh
         distributed.barrier(ctx)

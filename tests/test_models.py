@@ -124,7 +124,7 @@ def test_harmonized_ghcl_equalizes_source_gradient_norms(data):
     b = data.batch(np.arange(64))
     cfg = LossConfig(harmonize="norm")
     logits = model(b.user_x, b.seq, b.item_x, b.req)
-    _, parts = hap_loss(logits, b.label, b.source, b.req, b.n_requests, cfg)
+    _, parts = hap_loss(logits, b, cfg)
     shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
     _, scales = harmonized_loss(parts, shared, cfg)
     assert set(scales) == set(SOURCES)
@@ -230,8 +230,9 @@ def test_a_two_tower_light_model_trains_saves_and_warm_starts_the_expressive_mod
 
 
 def test_model_config_refuses_a_coupled_two_tower_and_unknown_choices():
-    with pytest.raises(ValueError, match="decoupled"):
-        ModelConfig(arch="two_tower", attention=True)
+    for arch in ("two_tower", "ranktower"):
+        with pytest.raises(ValueError, match="decoupled"):
+            ModelConfig(arch=arch, attention=True)
     with pytest.raises(ValueError, match="arch"):
         HapConfig.from_dict({"light": {"arch": "three_tower"}})
     with pytest.raises(ValueError, match="numeric"):
@@ -258,3 +259,56 @@ def test_a_cumulative_numeric_embedding_sums_the_steps_up_to_its_bucket_and_serv
     assert "embeddings.tables.item_id.weight" in copied and f"embeddings.tables.{name}.weight" not in copied
     same = PreRanker(dataclasses.replace(FAST.expressive, numeric="cumulative"), DEFAULT_SPEC)
     assert f"embeddings.tables.{name}.weight" in warm_start(same, model)
+
+
+def test_a_linear_numeric_embedding_adds_a_learned_direction_by_bucket_position_and_serves_what_it_trained(
+    data, tmp_path
+):
+    cfg = dataclasses.replace(FAST.light, numeric="linear")
+    model, _ = train_model(data, cfg, FAST.light_loss, FAST.train, DEFAULT_SPEC)
+    emb, name = model.embeddings, "item_ctr_7d"
+    rows, direction = emb.tables[name].weight.detach(), emb.directions[name].detach()
+    vectors = emb.weight(name).detach()
+    assert direction.abs().sum() > 0  # trained away from its zero start
+    assert torch.equal(vectors[0], rows[0])  # missing: its own row, no position
+    assert torch.allclose(vectors[1], rows[1] - direction) and torch.allclose(vectors[-1], rows[-1] + direction)
+    assert torch.equal(emb.weight("item_id"), emb.tables["item_id"].weight)  # ids stay plain rows
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert np.allclose(predict(model, data), predict(loaded, data), atol=1e-6)
+
+
+RANKTOWER = ModelConfig(arch="ranktower", heads=3)
+
+
+def test_ranktowers_user_side_needs_no_item_and_its_item_side_no_request(data):
+    """Decoupled as the paper serves it: the user's prepared heads come from user features and
+    history alone, an item's from its own features alone (what an item snapshot can carry); per
+    pair only the parameter-free cross-attention and maximum similarity run."""
+    model = PreRanker(RANKTOWER, DEFAULT_SPEC).eval()
+    b = data.batch(np.arange(4))
+    with torch.no_grad():
+        users = model.user_vectors(model.user_side(b.user_x, b.seq))  # no item input at all
+        items = model.item_vectors(model.embeddings.side(b.item_x, model.item_feats))
+        alone = model.item_vectors(model.embeddings.side(b.item_x[:1], model.item_feats))
+        scores = model(b.user_x, b.seq, b.item_x, b.req)
+        by_parts = model.ranktower(users[b.req], items)
+    assert users.shape == (4, 3, 5, RANKTOWER.tower_dim) and items.shape == (len(b.req), 3, 5, RANKTOWER.tower_dim)
+    assert torch.allclose(items[:1], alone, atol=1e-6)
+    assert torch.allclose(scores, by_parts, atol=1e-6)
+    pair = [p for n, p in model.ranktower.named_parameters() if not n.startswith(("user_", "item_"))]
+    assert sum(p.numel() for p in pair) == 2  # the maximum similarity's scale and bias
+
+
+def test_a_ranktower_light_model_trains_with_the_hybrid_loss_saves_and_warm_starts_the_expressive_model(data, tmp_path):
+    from hap.config import LossConfig
+
+    hybrid = LossConfig(mode="bce", listwise_weight=1.0, distill_weight=0.5)
+    light, history = train_model(data, RANKTOWER, hybrid, FAST.train, DEFAULT_SPEC)
+    assert np.isfinite(history["epochs"][-1]["loss"])
+    save_model(light, tmp_path / "rt")
+    loaded = load_model(tmp_path / "rt")
+    assert loaded.cfg.arch == "ranktower" and np.allclose(predict(light, data), predict(loaded, data), atol=1e-6)
+    expr, history = train_expressive(data, dataclasses.replace(FAST, light=RANKTOWER), DEFAULT_SPEC, light=light)
+    assert any(k.startswith("item_tower.") for k in history["warm_start"])
+    assert not any(k.startswith("ranktower.") for k in history["warm_start"])
