@@ -1,8 +1,7 @@
 import math
 
-import torch
-
 import pytest
+import torch
 
 from hap.config import LossConfig
 from models.data import Batch
