@@ -164,11 +164,17 @@ class Similarity(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0 if kind == "cosine" else 1.0)))
         self.bias = nn.Parameter(torch.zeros(()))
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, T) vectors as the similarity reads them: unit length for the cosine."""
+        return nn.functional.normalize(x, dim=-1) if self.kind == "cosine" else x
+
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         # user (C, T), item (C, T)
-        if self.kind == "cosine":
-            user, item = nn.functional.normalize(user, dim=-1), nn.functional.normalize(item, dim=-1)
-        return self.log_scale.exp() * (user * item).sum(-1) + self.bias  # (C,)
+        return self.log_scale.exp() * (self.prepare(user) * self.prepare(item)).sum(-1) + self.bias  # (C,)
+
+    def one_user(self, user: torch.Tensor, prepared_items: torch.Tensor) -> torch.Tensor:
+        """One user (T,) against N items already ``prepare``d (N, T) → (N,): one matrix-vector product."""
+        return self.log_scale.exp() * (prepared_items @ self.prepare(user)) + self.bias
 
 
 class MultiHeadGated(nn.Module):
@@ -310,6 +316,18 @@ class PreRanker(nn.Module):
         if self.cfg.arch == "ranktower":
             return self.ranktower(users, items)
         return self.similarity(users, items)
+
+    def stored_items(self, vectors: torch.Tensor) -> torch.Tensor:
+        """A decoupled model's item vectors (S, …) in the form ``meet_one`` reads, computed once per
+        snapshot: unit length for a cosine two-tower model."""
+        return self.similarity.prepare(vectors) if self.cfg.arch == "two_tower" else vectors
+
+    def meet_one(self, user: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        """One request's user vectors (…) against N ``stored_items`` rows → (N,) logits: for a
+        two-tower model one matrix-vector product."""
+        if self.cfg.arch == "two_tower":
+            return self.similarity.one_user(user, stored)
+        return self.ranktower(user.expand(len(stored), *user.shape), stored)
 
     def user_vectors(self, user: UserState) -> torch.Tensor:
         """A decoupled model's user side, from user features and history alone: two_tower (B, T),

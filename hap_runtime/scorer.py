@@ -43,6 +43,8 @@ class TwoStageScorer:
         self.version = json.loads(version_file.read_text())["version"] if version_file.exists() else "unversioned"
         items = model_dir / "light" / SNAPSHOT_FILE  # candidates by id (and a decoupled model's item vectors)
         self.snapshot = ItemSnapshot.load(items) if items.exists() else None
+        vectors = self.snapshot.vectors if self.snapshot is not None else None
+        self.stored = self.light.stored_items(vectors) if vectors is not None else None  # (S, …)
         self.codec = RequestCodec(self.spec, self.routing, self.snapshot)
 
     def parse(self, body: Any) -> ParsedRequest:
@@ -89,15 +91,17 @@ class TwoStageScorer:
         sent by id (the pass is then the user side and one product per candidate); otherwise, and
         for candidates sent with features, the item side is computed from the features."""
         user = self.light.user_side(user_x, seq)
-        vectors = self.snapshot.vectors if self.snapshot is not None else None
-        if vectors is None or not any(r.snapshot_rows is not None for r in reqs):
+        if self.stored is None or not any(r.snapshot_rows is not None for r in reqs):
             return self.light.score(user, item_x, index)
-        items = torch.cat([
-            vectors[r.snapshot_rows] if r.snapshot_rows is not None
-            else self.light.item_vectors(self.light.embeddings.side(r.item_x, self.light.item_feats))
-            for r in reqs
-        ])  # fmt: skip
-        return self.light.meet(self.light.user_vectors(user)[index], items)
+        users = self.light.user_vectors(user)  # (R, …)
+        parts = []
+        for i, r in enumerate(reqs):
+            if r.snapshot_rows is not None:
+                parts.append(self.light.meet_one(users[i], self.stored[r.snapshot_rows]))  # (N_r,)
+            else:
+                item_vecs = self.light.item_vectors(self.light.embeddings.side(r.item_x, self.light.item_feats))
+                parts.append(self.light.meet(users[i].expand(len(item_vecs), *users[i].shape), item_vecs))
+        return torch.cat(parts)
 
     def _answer(self, req: ParsedRequest, light, order, routed, expr) -> dict[str, Any]:
         """Top-M of one request: the routed top-K re-ranked by the expressive model, then the rest."""
