@@ -116,6 +116,15 @@ def test_daily_run_validates_trains_gates_and_serves(ws, server, first_day):
     assert f"## Routing: K = {k}" in report and "lift vs light alone" in report
     assert server.default_version() == version
 
+    # the archive carries the window's item snapshot: the same items by id alone, and an id outside it
+    ids = [c["item_id"] for c in body["candidates"]]
+    by_id = server.predict({"user": body["user"], "item_ids": ids})
+    assert by_id.status_code == 200, by_id.text
+    assert by_id.json()["n_candidates"] == 500 and {it["item_id"] for it in by_id.json()["items"]} <= set(ids)
+    refused = server.predict({"user": body["user"], "item_ids": [ids[0], 10**15]})
+    assert refused.status_code == 400 and refused.json()["kind"] == "unknown_item", refused.text
+    assert refused.json()["field"] == "item_ids[1]"
+
 
 def test_rerunning_a_day_creates_no_duplicates(ws, server, day_one_serving):
     weights = (ws.run_dir(FIRST) / "light" / "weights.pt").read_bytes()
