@@ -312,3 +312,12 @@ def test_a_ranktower_light_model_trains_with_the_hybrid_loss_saves_and_warm_star
     expr, history = train_expressive(data, dataclasses.replace(FAST, light=RANKTOWER), DEFAULT_SPEC, light=light)
     assert any(k.startswith("item_tower.") for k in history["warm_start"])
     assert not any(k.startswith("ranktower.") for k in history["warm_start"])
+
+
+def test_ranktower_scores_one_user_against_many_items_as_it_scores_pairs():
+    model = PreRanker(RANKTOWER, DEFAULT_SPEC).eval()
+    user, items = torch.randn(3, 5, RANKTOWER.tower_dim), torch.randn(40, 3, 5, RANKTOWER.tower_dim)
+    with torch.no_grad():
+        pairs = model.ranktower(user.expand(40, *user.shape), items)
+        assert torch.allclose(model.ranktower.one_user(user, items), pairs, atol=1e-5)
+        assert torch.allclose(model.meet_one(user, model.stored_items(items)), pairs, atol=1e-5)
