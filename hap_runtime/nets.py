@@ -220,7 +220,7 @@ def attend(reader: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
 
 class MaxSimilarity(nn.Module):
     """RankTower's maximum-similarity layer: for each user head the cosine of its best-matching item
-    head, summed over user heads; a learned scale and bias (two scalars) make it a logit."""
+    head, averaged over user heads; a learned scale and bias (two scalars) make it a logit."""
 
     def __init__(self) -> None:
         super().__init__()

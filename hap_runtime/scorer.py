@@ -43,6 +43,8 @@ class TwoStageScorer:
         self.version = json.loads(version_file.read_text())["version"] if version_file.exists() else "unversioned"
         items = model_dir / "light" / SNAPSHOT_FILE  # candidates by id (and a decoupled model's item vectors)
         self.snapshot = ItemSnapshot.load(items) if items.exists() else None
+        if self.snapshot is not None:
+            self.snapshot.check(self.light)
         vectors = self.snapshot.vectors if self.snapshot is not None else None
         self.stored = self.light.stored_items(vectors) if vectors is not None else None  # (S, …)
         self.codec = RequestCodec(self.spec, self.routing, self.snapshot)

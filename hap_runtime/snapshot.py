@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from hap_runtime.config import DECOUPLED
+from hap_runtime.nets import PreRanker
+
 SNAPSHOT_FILE = "items.pt"
 
 
@@ -35,6 +38,27 @@ class ItemSnapshot:
             return torch.full_like(ids, -1)
         at = torch.searchsorted(self.item_id, ids).clamp(max=len(self.item_id) - 1)
         return torch.where(self.item_id[at] == ids, at, -1)
+
+    def check(self, light: PreRanker) -> None:
+        """Refuse a snapshot that does not belong to ``light``: feature width, index ranges, and item
+        vectors exactly where the model is decoupled, of the shape it computes."""
+        feats = light.item_feats
+        if self.item_x.dim() != 2 or self.item_x.shape[1] != len(feats):
+            raise ValueError(
+                f"item snapshot: features of shape {tuple(self.item_x.shape)}, the model reads {len(feats)}"
+            )
+        sizes = torch.tensor([f.table_size for f in feats])
+        if len(self.item_x) and bool(((self.item_x < 0) | (self.item_x >= sizes)).any()):
+            raise ValueError("item snapshot: encoded features outside the model's tables")
+        if (self.vectors is not None) != (light.cfg.arch in DECOUPLED):
+            raise ValueError(f"item snapshot: item vectors {'present' if self.vectors is not None else 'absent'} "
+                             f"for a {light.cfg.arch} light model")  # fmt: skip
+        if self.vectors is not None and len(self.item_x):
+            with torch.no_grad():
+                want = light.item_vectors(light.embeddings.side(self.item_x[:1], feats)).shape[1:]
+            if self.vectors.shape[1:] != want or len(self.vectors) != len(self.item_x):
+                raise ValueError(f"item snapshot: item vectors of shape {tuple(self.vectors.shape)}, the model "
+                                 f"computes {(len(self.item_x), *want)}")  # fmt: skip
 
     def save(self, path: str | Path) -> None:
         tensors = {"item_id": self.item_id, "item_x": self.item_x}

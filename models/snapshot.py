@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
@@ -25,18 +24,29 @@ ITEMS_FILE = "items.parquet"  # in the prepared folder
 ROW = "__row"
 
 
-def latest_items(data_root: str | Path, days: list[str], spec: FeatureSpec) -> pa.Table:
+def latest_items(data_root: str | Path, days: list[str], spec: FeatureSpec, merge_rows: int = 1_000_000) -> pa.Table:
     """Each item's raw features from its last row over ``days`` (oldest first: a later day wins,
-    within a day the later row). Read in record batches: memory follows the distinct items."""
+    within a day the later row). Files are read as training reads them (sorted, record batches); each
+    batch is cut to its last row per item and the kept parts are merged when they outgrow
+    ``merge_rows`` or twice the items merged so far, so memory follows the distinct items and each
+    row is grouped a bounded number of times."""
     names = [f.name for f in spec.side("item")]
     latest: pa.Table | None = None
+    pending: list[pa.Table] = []
     for day in days:
-        src = partition_dir(data_root, "candidates", day)
-        for batch in pads.dataset(src, format="parquet").to_batches(columns=names):
-            part = pa.Table.from_batches([batch]).filter(pc.is_valid(batch.column("item_id")))
-            both = part if latest is None else pa.concat_tables([latest, part], promote_options="permissive")
-            latest = _last_per_item(both)
+        for path in sorted(partition_dir(data_root, "candidates", day).glob("*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches(columns=names):
+                part = pa.Table.from_batches([batch])
+                pending.append(_last_per_item(part.filter(pc.is_valid(part["item_id"]))))
+                if sum(t.num_rows for t in pending) > max(merge_rows, 2 * (latest.num_rows if latest else 0)):
+                    latest, pending = _merge(latest, pending), []
+    latest = _merge(latest, pending)
     return latest if latest is not None else pa.table({n: pa.array([], pa.int64()) for n in names})
+
+
+def _merge(latest: pa.Table | None, pending: list[pa.Table]) -> pa.Table | None:
+    parts = ([latest] if latest is not None else []) + pending
+    return _last_per_item(pa.concat_tables(parts, promote_options="permissive")) if parts else None
 
 
 def _last_per_item(table: pa.Table) -> pa.Table:

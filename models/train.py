@@ -199,7 +199,8 @@ def harmonized_loss(
     """GHCL's gradient harmonization: each source's InfoNCE term is rescaled (scale held constant)
     so that its gradient on the shared layers has the mean norm of the sources' gradients; a hard
     source with large gradients no longer drowns the easy ones. Costs one extra backward per source."""
-    total = cfg.bce_weight * parts["bce"]
+    total = cfg.bce_weight * parts["bce"]  # plus the hybrid loss's listwise terms, never harmonized
+    total = total + cfg.listwise_weight * parts.get("listwise", 0.0) + cfg.distill_weight * parts.get("distill", 0.0)
     norms: dict[str, torch.Tensor] = {}
     for s in SOURCES:
         term = parts.get(f"nce_{s}")

@@ -153,7 +153,8 @@ def clone_version(ws: Workspace, version: str, ds: str, nudge: float) -> str:
         for part in ("light", "expressive"):
             weights = run / part / "weights.pt"
             state = torch.load(weights, weights_only=True)
-            state["head.bias"] = state["head.bias"] + nudge
+            bias = next(k for k in ("head.bias", "similarity.bias", "ranktower.similarity.bias") if k in state)
+            state[bias] = state[bias] + nudge  # the logit's own bias, whatever the architecture
             torch.save(state, weights)
         return registry.register(ds, run)
 

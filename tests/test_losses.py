@@ -103,3 +103,17 @@ def test_the_hybrid_loss_has_finite_gradients_on_a_toy_batch_and_each_term_its_w
     assert float(parts["listwise"]) == 0.0 and float(parts["distill"]) == 0.0 and torch.isfinite(empty)
     with pytest.raises(ValueError, match="distill_temperature"):
         LossConfig(distill_temperature=0.0)
+
+
+def test_harmonizing_the_sources_keeps_the_hybrid_terms():
+    from models.train import harmonized_loss
+
+    w = torch.tensor(1.0, requires_grad=True)
+    logits = TWO_LOGITS * w
+    teacher = torch.tensor([1.0, 2.0, float("nan"), 4.0, 7.0, float("nan")])
+    b = toy(label=(TWO_GRADE > 0).float(), source=TWO_SOURCE, req=TWO_REQ, grade=TWO_GRADE, teacher=teacher)
+    cfg = LossConfig(harmonize="norm", bce_weight=0.0, listwise_weight=1.0, distill_weight=0.5,
+                     source_weights=dict.fromkeys(("expose", "rank", "prerank", "global"), 0.0))  # fmt: skip
+    _, parts = hap_loss(logits, b, cfg)
+    total, _ = harmonized_loss(parts, [w], cfg)  # no source term left: the hybrid terms alone
+    assert math.isclose(float(total), float(parts["listwise"] + 0.5 * parts["distill"]), rel_tol=1e-6)

@@ -54,6 +54,8 @@ def test_the_snapshot_keeps_each_items_last_row_over_the_window(two_days):
     got = dict(zip(items["item_id"].to_numpy(), items["item_ctr_7d"].to_numpy(), strict=True))
     assert got == pytest.approx(last)
     assert latest_items(root, [], DEFAULT_SPEC).num_rows == 0
+    merged_often = latest_items(root, ["2026-11-20", "2026-11-21"], DEFAULT_SPEC, merge_rows=50)
+    assert merged_often.sort_by("item_id").equals(items.sort_by("item_id"))  # merging in parts changes nothing
 
 
 def _version(small_day, root, tmp, light_cfg: ModelConfig):
@@ -113,6 +115,22 @@ def test_an_id_outside_the_snapshot_is_refused_by_name_and_a_version_without_one
     (tmp_path / "light" / SNAPSHOT_FILE).unlink()  # a version trained before snapshots existed
     with pytest.raises(RequestError, match="carries no item snapshot"):
         TwoStageScorer(tmp_path).parse({"user": user, "item_ids": [known]})
+
+
+def test_a_snapshot_that_is_not_the_models_is_refused_at_load(small_day, two_days, tmp_path):
+    root, _ = two_days
+    _version(small_day, root, tmp_path, ModelConfig(arch="two_tower"))
+    path = tmp_path / "light" / SNAPSHOT_FILE
+    good = ItemSnapshot.load(path)
+    for bad, why in (
+        (ItemSnapshot(good.item_id, good.item_x[:, :3], good.vectors), "features of shape"),
+        (ItemSnapshot(good.item_id, good.item_x + 10**6, good.vectors), "outside the model's tables"),
+        (ItemSnapshot(good.item_id, good.item_x, None), "absent for a two_tower"),
+        (ItemSnapshot(good.item_id, good.item_x, good.vectors[:, :5]), "item vectors of shape"),
+    ):
+        bad.save(path)
+        with pytest.raises(ValueError, match=why):
+            TwoStageScorer(tmp_path)
 
 
 def test_the_snapshot_finds_ids_by_value_and_holds_each_once():
