@@ -23,12 +23,11 @@ def test_backfill_through_a_real_scheduler_runs_days_oldest_first_one_at_a_time(
             airflow.start()
             airflow.backfill("hap_daily", DAYS[0], DAYS[-1])
             runs = airflow.wait_for_runs("hap_daily", len(DAYS), timeout=1500)
+            log_tail = airflow.log_tail()  # scheduler and task logs: the why of a failed run
         finally:
             airflow.stop()
-        log = airflow.home / "standalone.log"  # scheduler and task logs: the why of a failed run
-        log_tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else "(no log)"
     states = sorted((r["logical_date"][:10], r["state"]) for r in runs)
-    assert states == [(d, "success") for d in DAYS], f"{states}\n--- standalone.log (tail) ---\n{log_tail}"
+    assert states == [(d, "success") for d in DAYS], f"{states}\n{log_tail}"
     assert all(r["run_id"].startswith("backfill__") for r in runs)
     by_start = sorted(runs, key=lambda r: r["start_date"])
     assert [r["logical_date"][:10] for r in by_start] == DAYS  # oldest first
@@ -72,3 +71,45 @@ def test_a_cli_write_that_met_a_locked_sqlite_is_run_again_and_nothing_else_is(t
     with pytest.raises(RuntimeError, match="database is locked"):
         airflow.airflow("dags", "unpause", "hap_daily", locked_retries=2)
     assert len(calls) == 3
+
+
+def test_a_component_that_dies_fails_the_wait_at_once_with_its_log(tmp_path):
+    """Under load a scheduler died (it had loaded a run whose creation then rolled back) and the runs
+    stayed queued until the 25-minute timeout: a dead component must fail the wait at once."""
+    import subprocess
+    import sys
+
+    from hap.workspace import Workspace
+
+    airflow = StandaloneAirflow(Workspace(tmp_path / "ws"), 28080)
+    airflow.home.mkdir(parents=True)
+    (airflow.home / "scheduler.log").write_text("ObjectDeletedError: Instance '<DagRun>' has been deleted\n")
+    airflow.procs["scheduler"] = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    airflow.procs["scheduler"].wait()
+    with pytest.raises(RuntimeError, match=r"(?s)exited \{'scheduler': 3\}.*has been deleted"):
+        airflow.wait_for_runs("hap_daily", 2, timeout=1500)
+
+
+def test_a_backfill_is_written_while_no_scheduler_runs(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from hap.workspace import Workspace
+    from workflow import airflow_local
+
+    airflow = StandaloneAirflow(Workspace(tmp_path / "ws"), 28080)
+    airflow.home.mkdir(parents=True)
+    scheduler_during: list[bool] = []
+
+    def run(cmd, **kwargs):
+        scheduler_during.append("scheduler" in airflow.procs)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    spawned: list[str] = []
+    monkeypatch.setattr(airflow_local.subprocess, "run", run)
+    monkeypatch.setattr(airflow, "_spawn", lambda name: spawned.append(name))
+    airflow.procs["scheduler"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                                  start_new_session=True)  # fmt: skip
+    airflow.backfill("hap_daily", "2026-11-21", "2026-11-22")
+    assert scheduler_during == [False, False]  # unpause and backfill create: the scheduler was stopped
+    assert spawned == ["scheduler"]  # and started again after

@@ -134,9 +134,11 @@ def run_day_subprocess(
 
 
 class StandaloneAirflow:
-    """A real Airflow (``airflow standalone``: scheduler, DAG processor, API server, triggerer) on
-    SQLite for backfills, which need a scheduler. Its API server listens on 127.0.0.1 only, and it
-    runs no scheduled intervals of its own (``use_job_schedule=False``): only what it is asked to."""
+    """A real Airflow on SQLite for backfills, which need a scheduler: the components ``airflow
+    standalone`` runs (DAG processor, API server, scheduler; no triggerer: no task defers), each its
+    own process, so a backfill is created while no scheduler runs (it never reads runs half made)
+    and a component that dies is seen at once. Its API server listens on 127.0.0.1 only, and it runs
+    no scheduled intervals of its own (``use_job_schedule=False``): only what it is asked to."""
 
     def __init__(self, ws: Workspace, api_port: int, extra_env: dict[str, str] | None = None) -> None:
         self.home = ws.root / "airflow-standalone"
@@ -161,7 +163,7 @@ class StandaloneAirflow:
             }
         )
         self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def airflow(self, *args: str, check: bool = True, locked_retries: int = 0) -> subprocess.CompletedProcess:
         """Run an ``airflow`` CLI command; on failure (``check``) the error carries its stderr.
@@ -185,36 +187,79 @@ class StandaloneAirflow:
             raise RuntimeError(f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{_cli_output(proc)}")
         return proc
 
+    COMPONENTS = ("dag-processor", "api-server", "scheduler")
+
     def start(self, timeout: float = 240) -> None:
+        """Migrate the DB, start the DAG processor and API server, wait until the DAG is listed, then
+        start the scheduler."""
         import time
 
         self.home.mkdir(parents=True, exist_ok=True)
-        log = (self.home / "standalone.log").open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        self.airflow("db", "migrate", locked_retries=2)
+        for name in self.COMPONENTS[:-1]:
+            self._spawn(name)
         deadline, listed = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                log_tail = _tail((self.home / "standalone.log").read_text(errors="replace"))
-                raise RuntimeError(f"airflow standalone exited {self.proc.returncode}; its log ends:\n{log_tail}")
+            self._check_alive()
             listed = self.airflow("dags", "list", "-o", "json", check=False)
             if listed.returncode == 0 and '"hap_daily"' in listed.stdout:
+                self._spawn("scheduler")
                 return
             time.sleep(5)
         raise RuntimeError(
-            f"airflow standalone did not list hap_daily within {timeout}s:\n{_cli_output(listed) if listed else ''}"
+            f"airflow did not list hap_daily within {timeout}s:\n{_cli_output(listed) if listed else ''}"
         )
 
+    def _spawn(self, name: str) -> None:
+        log = (self.home / f"{name}.log").open("a")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", name], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def _stop(self, name: str) -> None:
+        import signal
+
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _check_alive(self) -> None:
+        dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+        if dead:
+            raise RuntimeError(f"airflow components exited {dead}; their logs end:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 60) -> str:
+        """The last ``n`` lines of each component's log: the why of a failed or stuck run."""
+        parts = []
+        for name in self.COMPONENTS:
+            path = self.home / f"{name}.log"
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            parts.append(f"--- {name} ---\n{_tail(text, n)}")
+        return "\n".join(parts)
+
     def backfill(self, dag_id: str, start: str, end: str, conf: dict | None = None) -> None:
+        """``airflow backfill create`` over [start, end], oldest first, one day at a time. The
+        scheduler is stopped while the backfill and its runs are written and started again after:
+        a scheduler that loaded a run whose creation then rolled back (SQLite refused a write under
+        load) died on it, and the runs stayed queued."""
         import json
 
-        self.airflow("dags", "unpause", dag_id, locked_retries=4)  # runs of a paused DAG stay queued
-        args = ["backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end]
-        args += ["--max-active-runs", "1"]  # oldest first, one day at a time, like the daily schedule
-        # one transaction: a locked database leaves no backfill and no run behind, so it is safe to repeat
-        self.airflow(*args, *(["--dag-run-conf", json.dumps(conf)] if conf else []), locked_retries=4)
+        self._stop("scheduler")
+        try:
+            self.airflow("dags", "unpause", dag_id, locked_retries=4)  # runs of a paused DAG stay queued
+            args = ["backfill", "create", "--dag-id", dag_id, "--from-date", start, "--to-date", end]
+            args += ["--max-active-runs", "1"]  # oldest first, one day at a time, like the daily schedule
+            # one transaction: a locked database leaves no backfill and no run behind, so it is safe to repeat
+            self.airflow(*args, *(["--dag-run-conf", json.dumps(conf)] if conf else []), locked_retries=4)
+        finally:
+            self._spawn("scheduler")
 
     def runs(self, dag_id: str) -> list[dict]:
         import json
@@ -224,23 +269,19 @@ class StandaloneAirflow:
         return json.loads(rows[-1]) if rows else []
 
     def wait_for_runs(self, dag_id: str, n: int, timeout: float) -> list[dict]:
-        """Wait until ``n`` runs of the DAG have finished; their records as the CLI lists them."""
+        """Wait until ``n`` runs of the DAG have finished; their records as the CLI lists them. A
+        component that exits meanwhile fails the wait at once, with its log."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._check_alive()
             runs = self.runs(dag_id)
             if len(runs) >= n and all(r["state"] in ("success", "failed") for r in runs):
                 return runs
             time.sleep(10)
-        raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {self.runs(dag_id)}")
+        raise TimeoutError(f"{dag_id}: runs not finished after {timeout}s: {self.runs(dag_id)}\n{self.log_tail()}")
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        for name in reversed(self.COMPONENTS):
+            self._stop(name)
