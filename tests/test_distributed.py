@@ -16,6 +16,7 @@ from components.launch import launch_training, torchrun_command, worker_args
 from hap.config import HapConfig, SimConfig
 from hap.workspace import Workspace
 from hap_runtime.nets import WEIGHTS_FILE
+from hap_runtime.snapshot import SNAPSHOT_FILE
 from models.evaluation import evaluate
 from models.prepare import prepare
 from samples.simulator import CascadeSimulator
@@ -72,8 +73,8 @@ def test_two_ranks_match_one_process_within_tolerance(prepared, runs):
     assert abs(loss1 - loss2) / loss1 < 0.05, (loss1, loss2)
     auc1, auc2 = _auc(prepared, runs[1]), _auc(prepared, runs[2])
     assert auc1 > 0.7 and abs(auc1 - auc2) < 0.02, (auc1, auc2)
-    # rank 0 alone wrote the model, and removed its checkpoint once the model was safe
-    assert sorted(p.name for p in runs[2].iterdir()) == ["history.json", "model.json", WEIGHTS_FILE]
+    # rank 0 alone wrote the model and its item snapshot, and removed its checkpoint once the model was safe
+    assert sorted(p.name for p in runs[2].iterdir()) == ["history.json", SNAPSHOT_FILE, "model.json", WEIGHTS_FILE]
     assert not Path(str(runs[2]) + ".ckpt").exists()
 
 
