@@ -38,7 +38,7 @@ def version_dir(root: Path, arch: str, n_items: int) -> Path:
     feats = light.item_feats
     item_x = torch.stack([torch.randint(1, f.table_size, (n_items,)) for f in feats], dim=1)  # (S, Fi)
     with torch.no_grad():
-        vectors = light.item_vectors(light.embeddings.side(item_x, feats)) if arch != "interaction" else None
+        vectors = light.item_side(item_x) if arch != "interaction" else None
     ItemSnapshot(torch.arange(1, n_items + 1), item_x, vectors).save(root / "light" / SNAPSHOT_FILE)
     (root / "routing.json").write_text(json.dumps(asdict(RoutingConfig(k=0, m=50, max_candidates=n_items))))
     return root

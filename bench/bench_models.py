@@ -54,6 +54,8 @@ VARIANTS = {  # name: (light model, light loss)
     "interaction × bce": (ModelConfig(), LossConfig(mode="bce")),
     "interaction(cumulative) × bce": (ModelConfig(numeric="cumulative"), LossConfig(mode="bce")),
     "interaction(linear) × bce": (ModelConfig(numeric="linear"), LossConfig(mode="bce")),
+    "interaction(linear) ×3 × bce": (ModelConfig(numeric="linear", members=3), LossConfig(mode="bce")),
+    "interaction(linear) ×5 × bce": (ModelConfig(numeric="linear", members=5), LossConfig(mode="bce")),
     "interaction × softmax": (ModelConfig(), LossConfig(mode="softmax")),
     "interaction × hybrid": (ModelConfig(), HYBRID),
     "two_tower(cosine) × bce": (TWO_TOWER, LossConfig(mode="bce")),

@@ -45,14 +45,17 @@ class ModelConfig:
     similarity: SimilarityKind = "cosine"  # two_tower: cosine with a learned temperature, or a scaled dot product
     numeric: NumericEmbedding = "bucket"
     heads: int = 4  # ranktower: gated views per tower
+    # Independently started copies whose logits are averaged (``hap_runtime.nets.Ensemble``): on a
+    # small log the spread between random starts is the largest error left; costs members × compute.
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in ("interaction", *sorted(DECOUPLED)) or self.similarity not in ("cosine", "dot"):
             raise ValueError(
                 f"arch must be interaction, ranktower or two_tower and similarity cosine or dot, got {self}"
             )
-        if self.heads < 1:
-            raise ValueError(f"heads must be at least 1, got {self.heads}")
+        if self.heads < 1 or self.members < 1:
+            raise ValueError(f"heads and members must be at least 1, got heads={self.heads}, members={self.members}")
         if self.numeric not in ("bucket", "cumulative", "linear"):
             raise ValueError(f"numeric must be bucket, cumulative or linear, got {self.numeric!r}")
         if self.arch in DECOUPLED and self.attention:

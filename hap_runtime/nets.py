@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -317,6 +317,10 @@ class PreRanker(nn.Module):
             z = torch.cat([z, self.attention(target, user.seq_emb, user.seq_mask, req)], dim=-1)
         return self.head(self.mlp(z)).squeeze(-1)  # (C,)
 
+    def item_side(self, item_x: torch.Tensor) -> torch.Tensor:
+        """A decoupled model's item vectors from encoded item features (C, Fi), request-free."""
+        return self.item_vectors(self.embeddings.side(item_x, self.item_feats))
+
     def item_vectors(self, item_emb: torch.Tensor) -> torch.Tensor:
         """A decoupled model's item side, independent of any request: (C, Fi*D) → two_tower (C, T),
         ranktower (C, H, 5, T)."""
@@ -354,11 +358,78 @@ class PreRanker(nn.Module):
     def _item_id_col(self) -> int:
         return [f.name for f in self.item_feats].index("item_id")
 
-    def forward(self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
-        return self.score(self.user_side(user_x, seq), item_x, req)
+    def fuse(self) -> None:
+        self.embeddings.fuse()
+
+    def forward(
+        self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor, members: bool = False
+    ) -> torch.Tensor:
+        """Logits (C,); with ``members`` each member's (K, C), K = 1 here (training's uniform view)."""
+        logits = self.score(self.user_side(user_x, seq), item_x, req)  # (C,)
+        return logits.unsqueeze(0) if members else logits
 
 
-def save_model(model: PreRanker, directory: str | Path) -> None:
+class Ensemble(nn.Module):
+    """``cfg.members`` copies of one model, each from its own random start, whose logits are averaged.
+
+    On a small log a single model's held-out ranking moves with its random start about as much as
+    any architecture change moves it; averaging members trained side by side removes that part of
+    the error (members × the compute per candidate). A decoupled ensemble stays decoupled: its user
+    and item vectors are the members' stacked on dim 1, so stored item vectors serve as one model's.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.members = nn.ModuleList(PreRanker(replace(cfg, members=1), spec) for _ in range(cfg.members))
+        self.user_feats, self.item_feats = spec.side("user"), spec.side("item")
+
+    @property
+    def attention(self) -> TargetAttention | None:
+        return self.members[0].attention
+
+    def user_side(self, user_x: torch.Tensor, seq: torch.Tensor) -> list[UserState]:
+        return [m.user_side(user_x, seq) for m in self.members]
+
+    def score(self, user: list[UserState], item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.score(u, item_x, req) for m, u in zip(self.members, user, strict=True)]).mean(0)
+
+    def item_side(self, item_x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.item_side(item_x) for m in self.members], dim=1)  # (C, K, …)
+
+    def user_vectors(self, user: list[UserState]) -> torch.Tensor:
+        return torch.stack([m.user_vectors(u) for m, u in zip(self.members, user, strict=True)], dim=1)  # (B, K, …)
+
+    def meet(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.meet(users[:, i], items[:, i]) for i, m in enumerate(self.members)]).mean(0)  # (C,)
+
+    def stored_items(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.stored_items(vectors[:, i]) for i, m in enumerate(self.members)], dim=1)  # (S, K, …)
+
+    def meet_one(self, user: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.meet_one(user[i], stored[:, i]) for i, m in enumerate(self.members)]).mean(0)  # (N,)
+
+    def fuse(self) -> None:
+        for m in self.members:
+            m.fuse()
+
+    def forward(
+        self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor, members: bool = False
+    ) -> torch.Tensor:
+        """Averaged logits (C,); with ``members`` each member's (K, C), which training reads."""
+        logits = torch.stack([m(user_x, seq, item_x, req) for m in self.members])  # (K, C)
+        return logits if members else logits.mean(0)
+
+
+Model = PreRanker | Ensemble
+
+
+def build_model(cfg: ModelConfig, spec: FeatureSpec) -> Model:
+    """The model ``cfg`` describes: one network, or an ensemble of ``cfg.members`` of them."""
+    return Ensemble(cfg, spec) if cfg.members > 1 else PreRanker(cfg, spec)
+
+
+def save_model(model: Model, directory: str | Path) -> None:
     """Weights as a plain state dict plus a JSON of config and feature spec."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -367,7 +438,7 @@ def save_model(model: PreRanker, directory: str | Path) -> None:
     (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
-def load_model(directory: str | Path) -> PreRanker:
+def load_model(directory: str | Path) -> Model:
     """Rebuild from JSON and load weights with ``weights_only=True`` (no pickled code runs), in eval
     mode with fused embedding lookups."""
     directory = Path(directory)
@@ -376,8 +447,8 @@ def load_model(directory: str | Path) -> PreRanker:
     cfg["mlp_dims"] = tuple(cfg["mlp_dims"])
     if "attention_dims" in cfg:
         cfg["attention_dims"] = tuple(cfg["attention_dims"])
-    model = PreRanker(ModelConfig(**cfg), FeatureSpec.from_dict(meta["spec"]))
+    model = build_model(ModelConfig(**cfg), FeatureSpec.from_dict(meta["spec"]))
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
     model.eval()
-    model.embeddings.fuse()
+    model.fuse()
     return model

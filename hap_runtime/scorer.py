@@ -101,7 +101,7 @@ class TwoStageScorer:
             if r.snapshot_rows is not None:
                 parts.append(self.light.meet_one(users[i], self.stored[r.snapshot_rows]))  # (N_r,)
             else:
-                item_vecs = self.light.item_vectors(self.light.embeddings.side(r.item_x, self.light.item_feats))
+                item_vecs = self.light.item_side(r.item_x)
                 parts.append(self.light.meet(users[i].expand(len(item_vecs), *users[i].shape), item_vecs))
         return torch.cat(parts)
 

@@ -55,7 +55,7 @@ class ItemSnapshot:
                              f"for a {light.cfg.arch} light model")  # fmt: skip
         if self.vectors is not None and len(self.item_x):
             with torch.no_grad():
-                want = light.item_vectors(light.embeddings.side(self.item_x[:1], feats)).shape[1:]
+                want = light.item_side(self.item_x[:1]).shape[1:]
             if self.vectors.shape[1:] != want or len(self.vectors) != len(self.item_x):
                 raise ValueError(f"item snapshot: item vectors of shape {tuple(self.vectors.shape)}, the model "
                                  f"computes {(len(self.item_x), *want)}")  # fmt: skip

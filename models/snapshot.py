@@ -75,8 +75,7 @@ def write_snapshot(model: PreRanker, prepared_dir: str | Path, model_dir: str | 
     if model.cfg.arch in DECOUPLED:
         was = model.training
         model.eval()
-        parts = [model.item_vectors(model.embeddings.side(item_x[i : i + chunk], model.item_feats))
-                 for i in range(0, len(item_x), chunk)]  # fmt: skip
+        parts = [model.item_side(item_x[i : i + chunk]) for i in range(0, len(item_x), chunk)]
         model.train(was)
         vectors = torch.cat(parts) if parts else None
     item_id = torch.from_numpy(table["item_id"].to_numpy(zero_copy_only=False).astype(np.int64))

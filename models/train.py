@@ -19,7 +19,7 @@ from hap import SOURCES
 from hap.config import LossConfig, TrainConfig
 from hap.progress import progress
 from hap_runtime.config import ModelConfig
-from hap_runtime.nets import PreRanker
+from hap_runtime.nets import Ensemble, Model, build_model
 from hap_runtime.spec import FeatureSpec
 from models.data import Batch, EncodedData
 from models.distributed import DistContext, all_sum, barrier, pick_device
@@ -46,9 +46,9 @@ def train_model(
     ctx: DistContext | None = None,
     checkpoint: Path | None = None,
     valid: EncodedData | None = None,
-    init: PreRanker | None = None,
+    init: Model | None = None,
     name: str = "",
-) -> tuple[PreRanker, dict]:
+) -> tuple[Model, dict]:
     """Train one model from scratch (or from ``checkpoint``), deterministically for a given seed.
 
     With ``ctx.world > 1`` the model is wrapped in DDP: each rank trains on its own request batches
@@ -67,7 +67,7 @@ def train_model(
     # models rather than training again (workflow.flow.train): one day, one registry version.
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.set_num_threads(max(1, train_cfg.threads // ctx.local_world))  # ranks on one machine share its cores
-    model = PreRanker(model_cfg, spec).to(device)
+    model = build_model(model_cfg, spec).to(device)
     history: dict = {"epochs": [], "grad_monitor": [], "world_size": ctx.world, "device": ctx.device, "resumed": []}
     history["warm_start"] = warm_start(model, init) if init is not None else []
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
@@ -82,7 +82,7 @@ def train_model(
         history = json.loads(state["history"])
         history["resumed"].append(first_epoch)
         log.warning("resuming from %s after epoch %d", checkpoint, first_epoch - 1)
-    shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    shared = dense_parameters(model)
     harmonize = loss_cfg.harmonize != "none"
     if harmonize and (loss_cfg.harmonize != "norm" or loss_cfg.mode != "ghcl"):
         raise ValueError(f"harmonize={loss_cfg.harmonize!r} needs harmonize='norm' and mode='ghcl'")
@@ -116,8 +116,8 @@ def train_model(
                     break
                 t_compute = time.perf_counter()
                 b = b.to(device)
-                logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
-                loss, parts = hap_loss(logits, b, loss_cfg)
+                logits = net(b.user_x, b.seq, b.item_x, b.req, members=True)  # (K, C): K = 1 but for an ensemble
+                loss, parts = member_loss(logits, b, loss_cfg)
                 if harmonize:
                     loss, scales = harmonized_loss(parts, shared, loss_cfg)
                     for k, v in scales.items():
@@ -171,7 +171,7 @@ def stopped(history: dict, patience: int) -> bool:
     return history["epochs"][-1]["epoch"] - history["best_epoch"] >= patience
 
 
-def validation_score(model: PreRanker, valid: EncodedData) -> float:
+def validation_score(model: Model, valid: EncodedData) -> float:
     """Mean over the sources present of the AUC of positives vs that source's negatives."""
     present = tuple(s for i, s in enumerate(SOURCES) if bool((valid.source == i).any()))
     aucs = slice_aucs(predict(model, valid), valid, present)
@@ -179,10 +179,20 @@ def validation_score(model: PreRanker, valid: EncodedData) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def warm_start(model: PreRanker, init: PreRanker) -> list[str]:
+def dense_parameters(model: Model) -> list[torch.nn.Parameter]:
+    """Every parameter but the embedding tables: the layers all sources' gradients meet in."""
+    return [p for n, p in model.named_parameters() if "embeddings" not in n.split(".")]
+
+
+def warm_start(model: Model, init: Model) -> list[str]:
     """Copy every parameter of ``init`` whose name and shape ``model`` shares (embeddings, towers);
     the rest (attention, the deeper MLP, the head) keep their fresh initialisation, and so do numeric
-    tables embedded another way (bucket rows vs cumulative steps)."""
+    tables embedded another way (bucket rows vs cumulative steps). An ensemble ``init`` lends its
+    first member; each member of an ensemble ``model`` starts from it."""
+    if isinstance(init, Ensemble):
+        init = init.members[0]
+    if isinstance(model, Ensemble):
+        return [f"members.{i}.{k}" for i, m in enumerate(model.members) for k in warm_start(m, init)]
     own, src = model.state_dict(), init.state_dict()
     # a numeric table's rows mean buckets or cumulative steps (ModelConfig.numeric): copy only like for like
     numeric = {f"embeddings.tables.{f.name}.weight" for f in init.spec.features if f.kind == "bucket"}
@@ -220,7 +230,12 @@ def harmonized_loss(
 
 
 def save_checkpoint(
-    path: Path, epoch: int, model: PreRanker, opt: torch.optim.Optimizer, history: dict, best: dict | None = None
+    path: Path,
+    epoch: int,
+    model: Model,
+    opt: torch.optim.Optimizer,
+    history: dict,
+    best: dict | None = None,
 ) -> None:
     """Atomically (temp file + rename): a worker killed mid-write leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,14 +247,14 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
-def train_light(data: BatchSource, cfg, spec: FeatureSpec, **kw) -> tuple[PreRanker, dict]:
+def train_light(data: BatchSource, cfg, spec: FeatureSpec, **kw) -> tuple[Model, dict]:
     """Light model on every source, with the GHCL loss by default."""
     return train_model(data, cfg.light, cfg.light_loss, cfg.train, spec, name="light", **kw)
 
 
 def train_expressive(
-    data: BatchSource, cfg, spec: FeatureSpec, light: PreRanker | None = None, valid: EncodedData | None = None, **kw
-) -> tuple[PreRanker, dict]:
+    data: BatchSource, cfg, spec: FeatureSpec, light: Model | None = None, valid: EncodedData | None = None, **kw
+) -> tuple[Model, dict]:
     """Expressive model on ``cfg.expressive_recipe.sources`` (by default the hard ones only: it never
     sees `prerank` or `global` rows), warm-started from ``light`` when the recipe says so."""
     recipe = cfg.expressive_recipe
@@ -264,15 +279,24 @@ def train_expressive(
     )
 
 
-def source_gradient_conflict(model: PreRanker, logits: torch.Tensor, b: Batch, loss_cfg: LossConfig) -> dict:
+def member_loss(logits: torch.Tensor, b: Batch, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``hap_loss`` of each member's logits (K, C), averaged: every member of an ensemble learns
+    the task alone (a loss on the averaged logit would let members lean on each other, and the
+    ensemble would train as one wider model)."""
+    each = [hap_loss(member, b, cfg) for member in logits]
+    parts = {k: torch.stack([p[k] for _, p in each]).mean() for k in each[0][1]}
+    return torch.stack([t for t, _ in each]).mean(), parts
+
+
+def source_gradient_conflict(model: Model, logits: torch.Tensor, b: Batch, loss_cfg: LossConfig) -> dict:
     """Each source's contrastive gradient on the shared dense parameters: norms and pairwise cosines.
 
     This is the paper's central claim made visible: mixed negatives pull the shared layers in
     different directions, and hard sources' gradients dominate the easy ones' in norm.
     """
     probe = LossConfig(mode="ghcl", temperature=loss_cfg.temperature, bce_weight=0.0)
-    _, parts = hap_loss(logits, b, probe)
-    shared = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
+    _, parts = member_loss(logits, b, probe)
+    shared = dense_parameters(model)
     grads: dict[str, torch.Tensor] = {}
     for i, s in enumerate(SOURCES):
         term = parts.get(f"nce_{s}")

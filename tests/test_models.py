@@ -9,7 +9,7 @@ import torch
 from hap import SOURCES
 from hap.config import HapConfig, TrainConfig
 from hap_runtime.config import ModelConfig
-from hap_runtime.nets import PreRanker, load_model, save_model
+from hap_runtime.nets import Ensemble, PreRanker, load_model, save_model
 from hap_runtime.spec import DEFAULT_SPEC
 from models.data import EncodedData, encode_tables, holdout_mask
 from models.metrics import predict
@@ -321,3 +321,29 @@ def test_ranktower_scores_one_user_against_many_items_as_it_scores_pairs():
         pairs = model.ranktower(user.expand(40, *user.shape), items)
         assert torch.allclose(model.ranktower.one_user(user, items), pairs, atol=1e-5)
         assert torch.allclose(model.meet_one(user, model.stored_items(items)), pairs, atol=1e-5)
+
+
+def test_an_ensemble_trains_each_member_alone_and_serves_the_mean_of_their_logits(data, tmp_path):
+    """Members start apart, each learns from its own loss (a member's gradient never reads another's
+    logit), the ensemble answers their mean, and the saved folder loads back as the same ensemble;
+    the expressive model warm-starts from its first member."""
+    cfg = dataclasses.replace(FAST, light=ModelConfig(members=3))
+    light, history = train_model(data, cfg.light, cfg.light_loss, cfg.train, DEFAULT_SPEC)
+    assert isinstance(light, Ensemble) and len(light.members) == 3
+    b = data.batch(np.arange(6))
+    with torch.no_grad():
+        each = light(b.user_x, b.seq, b.item_x, b.req, members=True)  # (3, C)
+        assert each.shape == (3, len(b.req))
+        assert torch.allclose(light(b.user_x, b.seq, b.item_x, b.req), each.mean(0))
+        assert not torch.allclose(each[0], each[1])  # their own random starts
+    light.train()
+    each = light(b.user_x, b.seq, b.item_x, b.req, members=True)
+    grads = torch.autograd.grad(each[1].sum(), list(light.members[0].parameters()), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    save_model(light.eval(), tmp_path / "ens")
+    loaded = load_model(tmp_path / "ens")
+    assert isinstance(loaded, Ensemble) and np.allclose(predict(light, data), predict(loaded, data), atol=1e-6)
+    expr, history = train_expressive(data, cfg, DEFAULT_SPEC, light=light)
+    assert isinstance(expr, PreRanker) and any(k.startswith("item_tower.") for k in history["warm_start"])
+    with pytest.raises(ValueError, match="members"):
+        ModelConfig(members=0)

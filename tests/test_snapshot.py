@@ -71,19 +71,22 @@ def _version(small_day, root, tmp, light_cfg: ModelConfig):
     return light, n
 
 
-@pytest.mark.parametrize("arch", ["two_tower", "ranktower", "interaction"])
+@pytest.mark.parametrize(
+    ("arch", "members"), [("two_tower", 1), ("ranktower", 1), ("interaction", 1), ("two_tower", 2)]
+)
 def test_a_request_by_item_ids_answers_what_the_same_items_with_their_features_answer(
-    small_day, two_days, tmp_path, arch
+    small_day, two_days, tmp_path, arch, members
 ):
+    """Also for an ensemble: its stored item vectors are its members' stacked, read member by member."""
     root, later = two_days
-    light, n = _version(small_day, root, tmp_path, ModelConfig(arch=arch))
+    light, n = _version(small_day, root, tmp_path, ModelConfig(arch=arch, members=members))
     snapshot = ItemSnapshot.load(tmp_path / "light" / SNAPSHOT_FILE)
     assert n == len(snapshot) == len(np.unique(later["item_id"].to_numpy()))
     if arch == "interaction":
         assert snapshot.vectors is None  # features only: its item side needs the request
     else:  # the stored vectors are what the model computes on the fly
         with torch.no_grad():
-            fly = light.eval().item_vectors(light.embeddings.side(snapshot.item_x, light.item_feats))
+            fly = light.eval().item_side(snapshot.item_x)
         assert torch.allclose(snapshot.vectors, fly, atol=1e-6)
     scorer = TwoStageScorer(tmp_path)
     items = latest_items(root, ["2026-11-20", "2026-11-21"], DEFAULT_SPEC).slice(0, 40)
