@@ -361,20 +361,17 @@ class PreRanker(nn.Module):
     def fuse(self) -> None:
         self.embeddings.fuse()
 
-    def forward(
-        self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor, members: bool = False
-    ) -> torch.Tensor:
-        """Logits (C,); with ``members`` each member's (K, C), K = 1 here (training's uniform view)."""
-        logits = self.score(self.user_side(user_x, seq), item_x, req)  # (C,)
-        return logits.unsqueeze(0) if members else logits
+    def forward(self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
+        return self.score(self.user_side(user_x, seq), item_x, req)
 
 
 class Ensemble(nn.Module):
-    """``cfg.members`` copies of one model, each from its own random start, whose logits are averaged.
+    """``cfg.members`` copies of one model, each trained alone from its own random start
+    (``models.train.train_model``), whose logits are averaged.
 
     On a small log a single model's held-out ranking moves with its random start about as much as
-    any architecture change moves it; averaging members trained side by side removes that part of
-    the error (members × the compute per candidate). A decoupled ensemble stays decoupled: its user
+    any architecture change moves it; averaging members removes that part of the error (members ×
+    the compute per candidate). A decoupled ensemble stays decoupled: its user
     and item vectors are the members' stacked on dim 1, so stored item vectors serve as one model's.
     """
 
@@ -413,12 +410,8 @@ class Ensemble(nn.Module):
         for m in self.members:
             m.fuse()
 
-    def forward(
-        self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor, members: bool = False
-    ) -> torch.Tensor:
-        """Averaged logits (C,); with ``members`` each member's (K, C), which training reads."""
-        logits = torch.stack([m(user_x, seq, item_x, req) for m in self.members])  # (K, C)
-        return logits if members else logits.mean(0)
+    def forward(self, user_x: torch.Tensor, seq: torch.Tensor, item_x: torch.Tensor, req: torch.Tensor) -> torch.Tensor:
+        return self.score(self.user_side(user_x, seq), item_x, req)
 
 
 Model = PreRanker | Ensemble

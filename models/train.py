@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from hap import SOURCES
 from hap.config import LossConfig, TrainConfig
 from hap.progress import progress
 from hap_runtime.config import ModelConfig
-from hap_runtime.nets import Ensemble, Model, build_model
+from hap_runtime.nets import Ensemble, Model, PreRanker
 from hap_runtime.spec import FeatureSpec
 from models.data import Batch, EncodedData
 from models.distributed import DistContext, all_sum, barrier, pick_device
@@ -49,7 +50,48 @@ def train_model(
     init: Model | None = None,
     name: str = "",
 ) -> tuple[Model, dict]:
-    """Train one model from scratch (or from ``checkpoint``), deterministically for a given seed.
+    """Train the model ``model_cfg`` describes (``train_network``'s arguments). An ensemble's
+    ``members`` networks train one after another, member i exactly as one network with seed
+    ``seed + i`` (its own random start, batch order and best epoch; checkpoint ``<checkpoint>.member<i>``),
+    and are returned as one ``Ensemble``; its history is member 0's plus ``members``, each one's."""
+    if model_cfg.members == 1:
+        return train_network(data, model_cfg, loss_cfg, train_cfg, spec, ctx, checkpoint, valid, init, name)
+    one, k = dataclasses.replace(model_cfg, members=1), model_cfg.members
+    trained = [
+        train_network(
+            data,
+            one,
+            loss_cfg,
+            dataclasses.replace(train_cfg, seed=train_cfg.seed + i),
+            spec,
+            ctx,
+            checkpoint and checkpoint.with_name(f"{checkpoint.name}.member{i}"),
+            valid,
+            init,
+            f"{name} member {i + 1}/{k}".strip(),
+        )  # fmt: skip
+        for i in range(k)
+    ]
+    model = Ensemble(model_cfg, spec).to(next(trained[0][0].parameters()).device)
+    for member, (net, _) in zip(model.members, trained, strict=True):
+        member.load_state_dict(net.state_dict())
+    history = {**trained[0][1], "members": [h for _, h in trained], "seconds": sum(h["seconds"] for _, h in trained)}
+    return model.eval(), history
+
+
+def train_network(
+    data: BatchSource,
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    spec: FeatureSpec,
+    ctx: DistContext | None = None,
+    checkpoint: Path | None = None,
+    valid: EncodedData | None = None,
+    init: Model | None = None,
+    name: str = "",
+) -> tuple[PreRanker, dict]:
+    """Train one network from scratch (or from ``checkpoint``), deterministically for a given seed.
 
     With ``ctx.world > 1`` the model is wrapped in DDP: each rank trains on its own request batches
     and gradients are averaged. Rank 0 writes ``checkpoint`` after every epoch; a restarted job
@@ -67,7 +109,7 @@ def train_model(
     # models rather than training again (workflow.flow.train): one day, one registry version.
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.set_num_threads(max(1, train_cfg.threads // ctx.local_world))  # ranks on one machine share its cores
-    model = build_model(model_cfg, spec).to(device)
+    model = PreRanker(model_cfg, spec).to(device)
     history: dict = {"epochs": [], "grad_monitor": [], "world_size": ctx.world, "device": ctx.device, "resumed": []}
     history["warm_start"] = warm_start(model, init) if init is not None else []
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
@@ -116,8 +158,8 @@ def train_model(
                     break
                 t_compute = time.perf_counter()
                 b = b.to(device)
-                logits = net(b.user_x, b.seq, b.item_x, b.req, members=True)  # (K, C): K = 1 but for an ensemble
-                loss, parts = member_loss(logits, b, loss_cfg)
+                logits = net(b.user_x, b.seq, b.item_x, b.req)  # (C,)
+                loss, parts = hap_loss(logits, b, loss_cfg)
                 if harmonize:
                     loss, scales = harmonized_loss(parts, shared, loss_cfg)
                     for k, v in scales.items():
@@ -279,15 +321,6 @@ def train_expressive(
     )
 
 
-def member_loss(logits: torch.Tensor, b: Batch, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``hap_loss`` of each member's logits (K, C), averaged: every member of an ensemble learns
-    the task alone (a loss on the averaged logit would let members lean on each other, and the
-    ensemble would train as one wider model)."""
-    each = [hap_loss(member, b, cfg) for member in logits]
-    parts = {k: torch.stack([p[k] for _, p in each]).mean() for k in each[0][1]}
-    return torch.stack([t for t, _ in each]).mean(), parts
-
-
 def source_gradient_conflict(model: Model, logits: torch.Tensor, b: Batch, loss_cfg: LossConfig) -> dict:
     """Each source's contrastive gradient on the shared dense parameters: norms and pairwise cosines.
 
@@ -295,7 +328,7 @@ def source_gradient_conflict(model: Model, logits: torch.Tensor, b: Batch, loss_
     different directions, and hard sources' gradients dominate the easy ones' in norm.
     """
     probe = LossConfig(mode="ghcl", temperature=loss_cfg.temperature, bce_weight=0.0)
-    _, parts = member_loss(logits, b, probe)
+    _, parts = hap_loss(logits, b, probe)
     shared = dense_parameters(model)
     grads: dict[str, torch.Tensor] = {}
     for i, s in enumerate(SOURCES):
