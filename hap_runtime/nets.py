@@ -282,6 +282,8 @@ class PreRanker(nn.Module):
 
     def __init__(self, cfg: ModelConfig, spec: FeatureSpec) -> None:
         super().__init__()
+        if cfg.members != 1:
+            raise ValueError(f"a PreRanker is one network; {cfg.members} members are an Ensemble (build_model)")
         self.cfg, self.spec = cfg, spec
         self.user_feats, self.item_feats = spec.side("user"), spec.side("item")
         d, t = cfg.emb_dim, cfg.tower_dim

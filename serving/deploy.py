@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -153,10 +154,19 @@ def clone_version(ws: Workspace, version: str, ds: str, nudge: float) -> str:
         for part in ("light", "expressive"):
             weights = run / part / "weights.pt"
             state = torch.load(weights, weights_only=True)
-            bias = next(k for k in ("head.bias", "similarity.bias", "ranktower.similarity.bias") if k in state)
-            state[bias] = state[bias] + nudge  # the logit's own bias, whatever the architecture
+            for bias in _logit_biases(state):  # every member's: the ensemble's mean moves by nudge too
+                state[bias] = state[bias] + nudge
             torch.save(state, weights)
         return registry.register(ds, run)
+
+
+def _logit_biases(state: dict) -> list[str]:
+    """The keys of the logit's own bias, whatever the architecture; one per member of an ensemble."""
+    own = ("head.bias", "similarity.bias", "ranktower.similarity.bias")
+    keys = [k for k in state if re.sub(r"^members\.\d+\.", "", k) in own]
+    if not keys:
+        raise DeployFailed(f"no logit bias among the weights' keys ({', '.join(list(state)[:5])}, …)")
+    return keys
 
 
 def _known_version(ws: Workspace, version: str) -> Path:

@@ -66,7 +66,7 @@ def test_the_earlier_days_item_rate_reads_only_earlier_days(mind_run, tmp_path):
 def test_the_baseline_rule_refuses_a_model_worse_than_one_of_its_features(mind_run):
     """An untrained light model on a real day loses to the best single feature (``item_ctr_7d`` on
     MIND) beyond its paired interval; the gate's baseline rule refuses it and says by how much."""
-    from hap_runtime.nets import PreRanker
+    from hap_runtime.nets import build_model
     from models.baselines import baseline_scores
     from models.evaluation import assess, held_out_views
     from registry.gate import decide, load_policy
@@ -78,7 +78,7 @@ def test_the_baseline_rule_refuses_a_model_worse_than_one_of_its_features(mind_r
     holdout, serving, raw = held_out_views(prep, spec, cfg)
     scores = baseline_scores(raw, spec, prep)
     assert ITEM_RATE in scores and "item_ctr_7d" in scores
-    untrained = PreRanker(cfg.light, spec).eval()
+    untrained = build_model(cfg.light, spec).eval()
     metrics, intervals, routing, _ = assess(untrained, untrained, holdout, serving, cfg, baselines=scores)
     summary = routing["baselines"]
     assert summary["aucs"][summary["best_feature"]]["auc.expose"] > 0.6

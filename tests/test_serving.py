@@ -553,3 +553,20 @@ def test_packaging_stages_in_its_own_temp_folder(tmp_path, monkeypatch):
     with zipfile.ZipFile(mar) as z:
         assert any(n.endswith("light/weights.pt") for n in z.namelist())
     assert (shared / "hap").read_text() == "another packaging's leftovers"  # untouched
+
+
+def test_a_clone_shifts_the_logit_bias_of_every_architecture_and_every_ensemble_member():
+    """Deploy drills roll through clones whose scores move by a constant: for an ensemble every
+    member's bias moves, so their mean moves by the same constant."""
+    from hap_runtime.config import ModelConfig
+    from hap_runtime.nets import build_model
+    from hap_runtime.spec import DEFAULT_SPEC
+    from serving.deploy import _logit_biases
+    from serving.errors import DeployFailed
+
+    for arch in ("interaction", "two_tower", "ranktower"):
+        assert len(_logit_biases(build_model(ModelConfig(arch=arch), DEFAULT_SPEC).state_dict())) == 1
+    state = build_model(ModelConfig(arch="two_tower", members=3), DEFAULT_SPEC).state_dict()
+    assert _logit_biases(state) == [f"members.{i}.similarity.bias" for i in range(3)]
+    with pytest.raises(DeployFailed, match="no logit bias"):
+        _logit_biases({"embeddings.tables.user_id.weight": 0})
