@@ -52,7 +52,7 @@ def train_model(
 ) -> tuple[Model, dict]:
     """Train the model ``model_cfg`` describes (``train_network``'s arguments). An ensemble's
     ``members`` networks train one after another, member i exactly as one network with seed
-    ``seed + i`` (its own random start, batch order and best epoch; checkpoint ``<checkpoint>.member<i>``),
+    ``seed + i`` (its own random start, batch order and best epoch; its own checkpoint, ``checkpoint_files``),
     and are returned as one ``Ensemble``; its history is member 0's plus ``members``, each one's."""
     if model_cfg.members == 1:
         return train_network(data, model_cfg, loss_cfg, train_cfg, spec, ctx, checkpoint, valid, init, name)
@@ -65,7 +65,7 @@ def train_model(
             dataclasses.replace(train_cfg, seed=train_cfg.seed + i),
             spec,
             ctx,
-            checkpoint and checkpoint.with_name(f"{checkpoint.name}.member{i}"),
+            checkpoint and checkpoint_files(checkpoint, k)[i],
             valid,
             init,
             f"{name} member {i + 1}/{k}".strip(),
@@ -77,6 +77,14 @@ def train_model(
         member.load_state_dict(net.state_dict())
     history = {**trained[0][1], "members": [h for _, h in trained], "seconds": sum(h["seconds"] for _, h in trained)}
     return model.eval(), history
+
+
+def checkpoint_files(checkpoint: Path, members: int) -> list[Path]:
+    """Where a model of ``members`` networks keeps its checkpoints: ``checkpoint`` itself for one,
+    ``<checkpoint>.member<i>`` for each member of an ensemble."""
+    if members == 1:
+        return [checkpoint]
+    return [checkpoint.with_name(f"{checkpoint.name}.member{i}") for i in range(members)]
 
 
 def train_network(

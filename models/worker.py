@@ -19,7 +19,7 @@ from models import distributed
 from models.prepare import TRAIN_DIR, VALID_DIR, prepared_spec
 from models.snapshot import write_snapshot
 from models.stream import ShardStream, read_shards, shard_files
-from models.train import train_expressive, train_light
+from models.train import checkpoint_files, train_expressive, train_light
 
 
 def train_worker(
@@ -47,7 +47,8 @@ def train_worker(
             if which == "light":  # the items a version can score by id (and a decoupled model's item vectors)
                 history["snapshot_items"] = write_snapshot(model, prepared_dir, out_dir)
             write_json_atomic(Path(out_dir) / "history.json", history)
-            ckpt.unlink(missing_ok=True)  # the model is written: a later run starts fresh
+            for path in checkpoint_files(ckpt, model.cfg.members):  # the model is written: a later run starts fresh
+                path.unlink(missing_ok=True)
         distributed.barrier(ctx)
     finally:
         distributed.shutdown(ctx)

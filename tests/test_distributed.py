@@ -105,3 +105,22 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(prepared, runs, tmp_pa
     reference = torch.load(runs[2] / WEIGHTS_FILE, weights_only=True)
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_an_ensembles_worker_writes_one_model_and_removes_every_members_checkpoint(prepared, tmp_path):
+    """Each member checkpoints apart (``checkpoint_files``); once the model is written none is left,
+    so a later run into the same folder trains afresh instead of resuming finished members."""
+    from hap_runtime.config import ModelConfig
+    from hap_runtime.nets import Ensemble, load_model
+    from models.train import checkpoint_files
+    from models.worker import train_worker
+
+    base = _cfg(1)
+    cfg = dataclasses.replace(base, light=ModelConfig(members=2), train=dataclasses.replace(base.train, epochs=1))
+    out = tmp_path / "light"
+    history = train_worker(str(prepared), "light", cfg, str(out))
+    assert isinstance(load_model(out), Ensemble) and len(history["members"]) == 2
+    ckpt = Path(str(out) + ".ckpt")
+    assert [p.name for p in checkpoint_files(ckpt, 2)] == ["light.ckpt.member0", "light.ckpt.member1"]
+    assert not any(p.exists() for p in [ckpt, *checkpoint_files(ckpt, 2)])
+    assert not any(p.name.startswith("light.ckpt") for p in tmp_path.iterdir())
