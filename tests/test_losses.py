@@ -95,12 +95,13 @@ def test_the_hybrid_loss_has_finite_gradients_on_a_toy_batch_and_each_term_its_w
     b = toy(label=(TWO_GRADE > 0).float(), source=TWO_SOURCE, req=TWO_REQ, grade=TWO_GRADE, teacher=teacher)
     cfg = LossConfig(mode="bce", listwise_weight=1.0, distill_weight=0.5)
     loss, parts = hap_loss(logits, b, cfg)
-    assert math.isclose(float(loss), float(parts["bce"] + parts["listwise"] + 0.5 * parts["distill"]), rel_tol=1e-6)
+    by_parts = parts["bce"] + parts["listwise"] + 0.5 * parts["distill"]
+    assert math.isclose(loss.item(), by_parts.item(), rel_tol=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     nothing = toy(label=torch.zeros(6), source=TWO_SOURCE, req=TWO_REQ, grade=torch.zeros(6))
     empty, parts = hap_loss(TWO_LOGITS.clone().requires_grad_(True), nothing, cfg)  # no gain, no teacher
-    assert float(parts["listwise"]) == 0.0 and float(parts["distill"]) == 0.0 and torch.isfinite(empty)
+    assert parts["listwise"].item() == 0.0 and parts["distill"].item() == 0.0 and torch.isfinite(empty)
     with pytest.raises(ValueError, match="distill_temperature"):
         LossConfig(distill_temperature=0.0)
 
@@ -116,4 +117,4 @@ def test_harmonizing_the_sources_keeps_the_hybrid_terms():
                      source_weights=dict.fromkeys(("expose", "rank", "prerank", "global"), 0.0))  # fmt: skip
     _, parts = hap_loss(logits, b, cfg)
     total, _ = harmonized_loss(parts, [w], cfg)  # no source term left: the hybrid terms alone
-    assert math.isclose(float(total), float(parts["listwise"] + 0.5 * parts["distill"]), rel_tol=1e-6)
+    assert math.isclose(total.item(), (parts["listwise"] + 0.5 * parts["distill"]).item(), rel_tol=1e-6)
