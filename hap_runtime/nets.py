@@ -371,10 +371,10 @@ class Ensemble(nn.Module):
     """``cfg.members`` copies of one model, each trained alone from its own random start
     (``models.train.train_model``), whose logits are averaged.
 
-    On a small log a single model's held-out ranking moves with its random start about as much as
-    any architecture change moves it; averaging members removes that part of the error (members ×
-    the compute per candidate). A decoupled ensemble stays decoupled: its user
-    and item vectors are the members' stacked on dim 1, so stored item vectors serve as one model's.
+    On a small log averaging the members removes the part of the error that comes from a random
+    start (members × the compute per candidate; docs/benchmarks.md). A decoupled ensemble stays
+    decoupled: its user and item vectors are the members' stacked on dim 1, so stored item vectors
+    serve as one model's.
     """
 
     def __init__(self, cfg: ModelConfig, spec: FeatureSpec) -> None:

@@ -38,6 +38,14 @@ class BatchSource(Protocol):
     def filter_sources(self, sources: Sequence[str]) -> BatchSource: ...
 
 
+def checkpoint_files(checkpoint: Path, members: int) -> list[Path]:
+    """Where a model of ``members`` networks keeps its checkpoints: ``checkpoint`` itself for one,
+    ``<checkpoint>.member<i>`` for each member of an ensemble."""
+    if members == 1:
+        return [checkpoint]
+    return [checkpoint.with_name(f"{checkpoint.name}.member{i}") for i in range(members)]
+
+
 def train_model(
     data: BatchSource,
     model_cfg: ModelConfig,
@@ -50,56 +58,7 @@ def train_model(
     init: Model | None = None,
     name: str = "",
 ) -> tuple[Model, dict]:
-    """Train the model ``model_cfg`` describes (``train_network``'s arguments). An ensemble's
-    ``members`` networks train one after another, member i exactly as one network with seed
-    ``seed + i`` (its own random start, batch order and best epoch; its own checkpoint, ``checkpoint_files``),
-    and are returned as one ``Ensemble``; its history is member 0's plus ``members``, each one's."""
-    if model_cfg.members == 1:
-        return train_network(data, model_cfg, loss_cfg, train_cfg, spec, ctx, checkpoint, valid, init, name)
-    one, k = dataclasses.replace(model_cfg, members=1), model_cfg.members
-    trained = [
-        train_network(
-            data,
-            one,
-            loss_cfg,
-            dataclasses.replace(train_cfg, seed=train_cfg.seed + i),
-            spec,
-            ctx,
-            checkpoint and checkpoint_files(checkpoint, k)[i],
-            valid,
-            init,
-            f"{name} member {i + 1}/{k}".strip(),
-        )  # fmt: skip
-        for i in range(k)
-    ]
-    model = Ensemble(model_cfg, spec).to(next(trained[0][0].parameters()).device)
-    for member, (net, _) in zip(model.members, trained, strict=True):
-        member.load_state_dict(net.state_dict())
-    history = {**trained[0][1], "members": [h for _, h in trained], "seconds": sum(h["seconds"] for _, h in trained)}
-    return model.eval(), history
-
-
-def checkpoint_files(checkpoint: Path, members: int) -> list[Path]:
-    """Where a model of ``members`` networks keeps its checkpoints: ``checkpoint`` itself for one,
-    ``<checkpoint>.member<i>`` for each member of an ensemble."""
-    if members == 1:
-        return [checkpoint]
-    return [checkpoint.with_name(f"{checkpoint.name}.member{i}") for i in range(members)]
-
-
-def train_network(
-    data: BatchSource,
-    model_cfg: ModelConfig,
-    loss_cfg: LossConfig,
-    train_cfg: TrainConfig,
-    spec: FeatureSpec,
-    ctx: DistContext | None = None,
-    checkpoint: Path | None = None,
-    valid: EncodedData | None = None,
-    init: Model | None = None,
-    name: str = "",
-) -> tuple[PreRanker, dict]:
-    """Train one network from scratch (or from ``checkpoint``), deterministically for a given seed.
+    """Train one model from scratch (or from ``checkpoint``), deterministically for a given seed.
 
     With ``ctx.world > 1`` the model is wrapped in DDP: each rank trains on its own request batches
     and gradients are averaged. Rank 0 writes ``checkpoint`` after every epoch; a restarted job
@@ -108,7 +67,35 @@ def train_network(
     kept and training stops after ``patience`` epochs without improvement. ``init`` warm-starts the
     parameters whose names and shapes match. ``name`` (light / expressive) labels the progress of
     each epoch (``hap.progress``: rank 0's batches, loss and samples/s). Returns (model, history).
+
+    An ensemble (``model_cfg.members`` = K > 1) is K networks trained one after another by this
+    function, member i exactly as one network with seed ``seed + i`` (its own random start, batch
+    order and best epoch; its own checkpoint, ``checkpoint_files``), returned as one ``Ensemble``;
+    its history is member 0's plus ``members``, each one's.
     """
+    if model_cfg.members > 1:
+        one, k = dataclasses.replace(model_cfg, members=1), model_cfg.members
+        trained = [
+            train_model(
+                data,
+                one,
+                loss_cfg,
+                dataclasses.replace(train_cfg, seed=train_cfg.seed + i),
+                spec,
+                ctx,
+                checkpoint and checkpoint_files(checkpoint, k)[i],
+                valid,
+                init,
+                f"{name} member {i + 1}/{k}".strip(),
+            )
+            for i in range(k)
+        ]
+        ensemble = Ensemble(model_cfg, spec).to(next(trained[0][0].parameters()).device)
+        for member, (net, _) in zip(ensemble.members, trained, strict=True):
+            member.load_state_dict(net.state_dict())
+        seconds = sum(h["seconds"] for _, h in trained)
+        return ensemble.eval(), {**trained[0][1], "members": [h for _, h in trained], "seconds": seconds}
+
     ctx = ctx or DistContext(device=pick_device(train_cfg.device, 0))
     device = torch.device(ctx.device)
     torch.manual_seed(train_cfg.seed)
@@ -234,15 +221,13 @@ def dense_parameters(model: Model) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if "embeddings" not in n.split(".")]
 
 
-def warm_start(model: Model, init: Model) -> list[str]:
+def warm_start(model: PreRanker, init: Model) -> list[str]:
     """Copy every parameter of ``init`` whose name and shape ``model`` shares (embeddings, towers);
     the rest (attention, the deeper MLP, the head) keep their fresh initialisation, and so do numeric
     tables embedded another way (bucket rows vs cumulative steps). An ensemble ``init`` lends its
-    first member; each member of an ensemble ``model`` starts from it."""
+    first member (``model`` is one network: ensembles train member by member)."""
     if isinstance(init, Ensemble):
         init = init.members[0]
-    if isinstance(model, Ensemble):
-        return [f"members.{i}.{k}" for i, m in enumerate(model.members) for k in warm_start(m, init)]
     own, src = model.state_dict(), init.state_dict()
     # a numeric table's rows mean buckets or cumulative steps (ModelConfig.numeric): copy only like for like
     numeric = {f"embeddings.tables.{f.name}.weight" for f in init.spec.features if f.kind == "bucket"}
